@@ -1,0 +1,17 @@
+import numpy as np
+import pytest
+
+from emfl.linreg import Client, make_federated_linreg
+
+
+@pytest.fixture
+def tiny():
+    """1-D client a person can do by hand: X = [1, 1]^T, y = [1, 3], sigma2 = 1.
+
+    A = X^T X / sigma2 = 2, b = X^T y / sigma2 = 4."""
+    return Client(np.array([[1.0], [1.0]]), np.array([1.0, 3.0]), 1.0)
+
+
+@pytest.fixture
+def fed():
+    return make_federated_linreg(S=6, d=3, lam_true=2.0, n_range=(8, 30), seed=3)
