@@ -32,6 +32,7 @@ __all__ = [
     "grad_log_marginal",
     "objective",
     "ml_w",
+    "objective_on_grid",
     "local_gd",
     "local_gd_closed_form",
     "effective_precision",
@@ -249,6 +250,22 @@ def ml_w(data: FederatedLinReg, lam: float) -> np.ndarray:
         H += np.linalg.solve(P, c.A)
         g += np.linalg.solve(P, c.b)
     return np.linalg.solve(H, g)
+
+
+def objective_on_grid(data: FederatedLinReg, lam: float, W) -> np.ndarray:
+    """Eq. 4 at many points ``W`` (..., d) at once, through its exact quadratic form.
+
+    ``F(w) = F(w_ML) - 1/2 (w - w_ML)^T H (w - w_ML)`` with ``H = sum_s lam P_s^{-1} A_s`` (the
+    negative Hessian, constant in ``w``); used to draw contours quickly.
+    """
+    check_positive("lam", lam)
+    W = np.asarray(W, dtype=float)
+    if W.shape[-1] != data.d:
+        raise ValueError(f"W must have last dimension d={data.d}; got shape {W.shape}")
+    w_ml = ml_w(data, lam)
+    H = sum(lam * np.linalg.solve(c.A + lam * np.eye(data.d), c.A) for c in data.clients)
+    D = W - w_ml
+    return objective(data, w_ml, lam) - 0.5 * np.einsum("...i,ij,...j->...", D, H, D)
 
 
 def local_least_squares(client: Client) -> np.ndarray:

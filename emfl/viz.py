@@ -50,6 +50,7 @@ def setup_notebook(seed: int = 0, precision: int = 4) -> np.random.Generator:
 
         ip = get_ipython()
         if ip is not None:
+            ip.run_line_magic("matplotlib", "inline")
             ip.run_line_magic("config", "InlineBackend.figure_formats = ['png']")
     except ImportError:  # pragma: no cover - IPython is a dependency
         pass

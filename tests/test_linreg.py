@@ -80,6 +80,15 @@ def test_ml_w_zeroes_the_gradient_of_eq4(fed):
         np.testing.assert_allclose(g, 0.0, atol=1e-9)
 
 
+def test_objective_on_grid_equals_eq4(fed):
+    rng = np.random.default_rng(1)
+    W = rng.normal(size=(4, 5, 3))
+    grid = linreg.objective_on_grid(fed, 0.7, W)
+    assert grid.shape == (4, 5)
+    direct = [[linreg.objective(fed, w, 0.7) for w in row] for row in W]
+    np.testing.assert_allclose(grid, direct, rtol=1e-12)
+
+
 def test_ml_w_limits(fed):
     mean_local = np.mean([linreg.local_least_squares(c) for c in fed.clients], axis=0)
     np.testing.assert_allclose(linreg.ml_w(fed, 1e-9), mean_local, atol=1e-6)

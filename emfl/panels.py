@@ -1,0 +1,142 @@
+"""Figures that run a small experiment and draw it: each is used twice in a tutorial, once
+behind sliders (:func:`sliders`) and once at fixed values so the page reads without a kernel."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from emfl import em, linreg
+from emfl.viz import plot_points, plot_trajectory
+
+__all__ = ["fedprox_panel", "figure", "SliderPanel", "time_redraw"]
+
+
+def _grid_limits(points, pad=0.6):
+    lo, hi = points.min(axis=0), points.max(axis=0)
+    span = np.maximum(hi - lo, 1e-3)
+    return (lo[0] - pad * span[0], hi[0] + pad * span[0]), (lo[1] - pad * span[1], hi[1] + pad * span[1])
+
+
+def _caption(ax, text):
+    """A title drawn inside the axes: matplotlib's own titles cost a third of a redraw."""
+    ax.text(0.99, 0.98, text, transform=ax.transAxes, ha="right", va="top", fontsize=9,
+            bbox=dict(boxstyle="round", fc="white", ec="0.8", alpha=0.9))
+
+
+def fedprox_panel(axes, data, lam: float, K: int, server_lr: float, lr: float, rounds: int = 15, w0=None):
+    """FedProx (lam, K local steps, server learning rate) on a 2-D toy federation.
+
+    Left: contours of Eq. 4 at ``lam`` with its maximiser, the client solutions of the last
+    round and the server trajectory.  Right: the gap to the maximum of Eq. 4 along the
+    trajectory (FedProx with few local steps stalls above zero: its fixed point is not the
+    maximiser).
+    """
+    if data.d != 2:
+        raise ValueError(f"fedprox_panel draws 2-D federations; this one has d={data.d}")
+    ax, ax_f = axes
+    w0 = np.zeros(2) if w0 is None else np.asarray(w0, dtype=float)
+    h = em.run(em.fedprox(lam, K, lr, server_lr), data, w0, rounds)
+    w_ml = linreg.ml_w(data, lam)
+    pts = np.vstack([h.w, h.phis[-1], w_ml[None]])
+    xlim, ylim = _grid_limits(pts)
+    xs, ys = np.linspace(*xlim, 80), np.linspace(*ylim, 80)
+    F = linreg.objective_on_grid(data, lam, np.stack(np.meshgrid(xs, ys), axis=-1))
+    ax.contour(xs, ys, F, levels=np.quantile(F, np.linspace(0.05, 1, 10)), colors="0.7",
+               linewidths=0.7, linestyles="solid")
+    plot_points(ax, h.phis[-1], label=r"clients $\phi_s$ (last round)", color="tab:orange")
+    plot_trajectory(ax, h.w, label="server $w$ (FedProx)", color="tab:blue")
+    ax.plot(*w_ml, "kx", ms=9, mew=2, label=r"argmax of Eq. 4")
+    ax.set(xlim=xlim, ylim=ylim, xlabel="$w_1$", ylabel="$w_2$")
+    _caption(ax, rf"$\lambda$={lam:.3g}, K={K}, server lr={server_lr:.2g}")
+    ax.legend(loc="upper left", fontsize=8)
+    F_max = linreg.objective(data, w_ml, lam)
+    gap = np.array([F_max - linreg.objective(data, w, lam) for w in h.w])
+    ax_f.semilogy(np.arange(rounds + 1), np.maximum(gap, 1e-12), marker=".", label="FedProx")
+    ax_f.set(xlabel="round", ylabel=r"$\max F - F(w_t)$  (Eq. 4)", ylim=(1e-12, None))
+    ax_f.legend(loc="upper right", fontsize=8)
+    return h
+
+
+def _figure(figsize, ncols):
+    """A figure with a fixed layout: tight_layout would double the time of a redraw."""
+    fig, axes = plt.subplots(1, ncols, figsize=figsize)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.9, wspace=0.28)
+    return fig, axes
+
+
+def figure(figsize=(10, 4), ncols=2):
+    """The figure that :func:`sliders` draws on, for the same panel at fixed values."""
+    return _figure(figsize, ncols)
+
+
+def _reset(ax):
+    """Empty ``ax`` but keep its axis objects: ``ax.clear()`` rebuilds every tick, which costs
+    about half of a redraw."""
+    for artist in [*ax.lines, *ax.collections, *ax.texts, *ax.patches, *ax.images]:
+        artist.remove()
+    if ax.legend_ is not None:
+        ax.legend_.remove()
+    ax.set_prop_cycle(None)
+    ax.relim()
+    ax.set_autoscale_on(True)
+
+
+class SliderPanel:
+    """An ipywidgets panel: ``draw(axes, **values)`` is re-run whenever a slider in
+    ``controls`` (name -> widget) moves.  One figure is kept and redrawn, which halves the cost
+    of a redraw against making a new figure each time."""
+
+    def __init__(self, draw, figsize=(10, 4), ncols=2, dpi=80, **controls):
+        import ipywidgets as widgets
+
+        if not controls:
+            raise ValueError("SliderPanel needs at least one control, e.g. lam=FloatLogSlider(...)")
+        self.draw = draw
+        self.dpi = dpi
+        self.controls = controls
+        self.fig, self.axes = _figure(figsize, ncols)
+        plt.close(self.fig)  # shown through the Output widget only
+        self.out = widgets.Output()
+        self.widget = widgets.VBox([widgets.HBox(list(controls.values())), self.out])
+        for control in controls.values():
+            control.observe(self._update, names="value")
+        self._update()
+
+    def values(self) -> dict:
+        return {name: control.value for name, control in self.controls.items()}
+
+    def render(self, **values) -> bytes:
+        """Redraw at ``values`` and return the PNG bytes a slider move displays."""
+        for ax in np.atleast_1d(self.axes):
+            _reset(ax)
+        self.draw(self.axes, **values)
+        buf = io.BytesIO()
+        self.fig.savefig(buf, format="png", dpi=self.dpi)
+        return buf.getvalue()
+
+    def _update(self, change=None):
+        from IPython.display import Image, clear_output, display
+
+        png = self.render(**self.values())
+        with self.out:
+            clear_output(wait=True)
+            display(Image(png))
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+
+def time_redraw(panel: SliderPanel, repeats: int = 5) -> float:
+    """Median seconds of one redraw of ``panel`` (compute, draw, PNG), as a slider move costs."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        panel.render(**panel.values())
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
