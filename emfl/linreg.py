@@ -26,6 +26,7 @@ __all__ = [
     "Client",
     "FederatedLinReg",
     "make_federated_linreg",
+    "held_out",
     "posterior",
     "map_estimate",
     "log_marginal",
@@ -89,6 +90,11 @@ class Client:
     def grad_nll(self, phi) -> np.ndarray:
         """Gradient of the client loss: ``A phi - b``."""
         return self.A @ phi - self.b
+
+    def mse(self, phi) -> float:
+        """Mean squared prediction error of the linear model ``phi`` on this client's data."""
+        r = self.y - self.X @ as_vector("phi", phi, self.d)
+        return float(r @ r / self.n)
 
 
 @dataclass(frozen=True, eq=False)
@@ -177,6 +183,19 @@ def make_federated_linreg(
         y = X @ phi_true[s] + sigma * rng.normal(size=n)
         clients.append(Client(X, y, sigma**2))
     return FederatedLinReg(tuple(clients), w_true, phi_true, float(lam_true), cluster)
+
+
+def held_out(data: FederatedLinReg, n: int = 200, seed: int = 1) -> tuple:
+    """Fresh test data for every client, from its own true ``phi_s`` and noise level."""
+    check_positive_int("n", n)
+    if data.phi_true is None:
+        raise ValueError("held_out needs a federation that knows its phi_true (make_federated_linreg)")
+    rng = np.random.default_rng(seed)
+    out = []
+    for c, phi in zip(data.clients, data.phi_true):
+        X = rng.normal(size=(n, data.d))
+        out.append(Client(X, X @ phi + np.sqrt(c.sigma2) * rng.normal(size=n), c.sigma2))
+    return tuple(out)
 
 
 # --------------------------------------------------------------------------- closed forms

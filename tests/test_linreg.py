@@ -151,6 +151,20 @@ def test_generator_is_seeded_and_follows_the_model():
     assert set(big.n) == {1}
 
 
+def test_mse_by_hand(tiny):
+    # predictions 2, 2 for y = 1, 3: squared errors 1, 1
+    assert tiny.mse([2.0]) == 1.0
+
+
+def test_held_out_follows_each_client():
+    data = make_federated_linreg(S=3, d=2, seed=5, sigma_range=(0.1, 0.1))
+    test = linreg.held_out(data, n=500, seed=9)
+    assert [c.n for c in test] == [500, 500, 500]
+    for c, phi in zip(test, data.phi_true):
+        assert c.mse(phi) == pytest.approx(0.01, rel=0.2)  # only the noise is left
+        assert linreg.local_least_squares(c) == pytest.approx(phi, abs=0.02)
+
+
 def test_clusters():
     data = make_federated_linreg(S=6, d=2, lam_true=100.0, centres=[[-2, 0], [2, 0]], seed=1)
     assert data.cluster.tolist() == [0, 1, 0, 1, 0, 1]

@@ -1,0 +1,110 @@
+"""The repository's promises about itself: Binder asks for what pyproject asks for, the
+command line reports bad input, figures are byte-stable."""
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+import emfl
+from emfl import panels
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _requirements(lines):
+    reqs = {}
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        if not line or line.startswith("-"):
+            continue
+        name = re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0].lower()
+        reqs[name] = line.replace(" ", "")
+    return reqs
+
+
+def test_binder_asks_for_the_same_dependencies_as_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    ours = _requirements(project["dependencies"])
+    binder = _requirements((ROOT / "binder" / "requirements.txt").read_text().splitlines())
+    assert binder == ours
+    assert "pip install" in (ROOT / "binder" / "postBuild").read_text()
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    assert "./dev test" in readme and "./dev tutorials" in readme
+    assert "./dev test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_every_notebook_is_committed_executed():
+    import nbformat
+
+    notebooks = sorted((ROOT / "tutorials").glob("*.ipynb"))
+    assert len(notebooks) >= 2
+    for path in notebooks:
+        nb = nbformat.read(path, as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code" and c.source.strip()]
+        assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), path.name
+        assert not any(o.output_type == "error" for c in code for o in c.outputs), path.name
+
+
+def test_save_figure_writes_the_same_bytes_twice(tmp_path):
+    def draw():
+        fig, ax = plt.subplots()
+        ax.plot([0, 1, 2], [1, 0, 2], label="line")
+        ax.legend()
+        return fig
+
+    a = emfl.save_figure(draw(), "same", tmp_path / "a")
+    b = emfl.save_figure(draw(), "same", tmp_path / "b")
+    assert a.read_bytes() == b.read_bytes()
+    assert a.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    plt.close("all")
+    with pytest.raises(ValueError, match="plain file stem"):
+        emfl.save_figure(draw(), "../escape", tmp_path)
+
+
+def test_slider_panel_redraws_and_needs_controls():
+    import ipywidgets as W
+
+    data = emfl.make_federated_linreg(S=4, d=2, seed=0)
+
+    def draw(axes, lam, K):
+        return panels.fedprox_panel(axes, data, lam, K, 1.0, lr=0.002, rounds=3)
+
+    panel = panels.SliderPanel(draw, lam=W.FloatSlider(value=1.0, min=0.1, max=5), K=W.IntSlider(value=2, min=1, max=9))
+    first = panel.render(lam=1.0, K=2)
+    other = panel.render(lam=3.0, K=9)
+    assert first[:4] == b"\x89PNG" and first != other
+    assert panel.render(lam=1.0, K=2) == first  # redrawing on kept axes leaves nothing behind
+    assert panels.time_redraw(panel, repeats=1) > 0
+    with pytest.raises(ValueError, match="at least one control"):
+        panels.SliderPanel(draw)
+    with pytest.raises(ValueError, match="2-D federations"):
+        panels.fedprox_panel(plt.subplots(1, 2)[1], emfl.make_federated_linreg(S=2, d=3), 1.0, 1, 1.0, 0.01)
+    plt.close("all")
+
+
+def test_cli_reports_a_missing_tutorials_folder(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "emfl", "figures", "--tutorials", str(tmp_path / "nowhere")],
+        capture_output=True, text=True,
+    )
+    assert out.returncode == 2
+    assert "no tutorials folder" in out.stderr and "--tutorials" in out.stderr
+
+
+def test_setup_notebook_sets_print_precision_and_seed():
+    rng = emfl.setup_notebook(seed=3, precision=2)
+    assert np.array2string(np.array([1.23456])) == "[1.23]"
+    assert rng.normal() == np.random.default_rng(3).normal()
+    emfl.setup_notebook()
