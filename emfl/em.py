@@ -69,7 +69,7 @@ class History:
 
     w: np.ndarray  # (rounds + 1, d) or (rounds + 1, K, d)
     lam: np.ndarray  # (rounds + 1,)
-    phis: np.ndarray  # (rounds, S, d): what the clients sent in each round
+    phis: np.ndarray  # (rounds, S, d): what the clients sent in each round (FedPA: deltas)
 
     @property
     def final(self) -> np.ndarray:
@@ -286,11 +286,11 @@ def run(algorithm: FederatedAlgorithm, data, w0, rounds: int) -> History:
     if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or rounds < 0:
         raise ValueError(f"rounds must be a whole number >= 0; got {rounds!r}")
     state = algorithm.init(w0)
-    ws, lams, phis = [state.w], [state.lam], []
+    ws, lams, phis = [state.w], [getattr(state, "lam", np.nan)], []
     for _ in range(rounds):
         state, sent = algorithm.apply(state, data)
         ws.append(state.w)
-        lams.append(state.lam)
+        lams.append(getattr(state, "lam", np.nan))
         phis.append(sent)
     phis = np.array(phis) if phis else np.zeros((0, data.S, data.d))
     return History(np.array(ws), np.array(lams), phis)

@@ -27,6 +27,7 @@ __all__ = [
     "FederatedLinReg",
     "make_federated_linreg",
     "held_out",
+    "anisotropic_client",
     "posterior",
     "map_estimate",
     "log_marginal",
@@ -35,6 +36,7 @@ __all__ = [
     "ml_w",
     "objective_on_grid",
     "local_gd",
+    "minibatch_grad",
     "local_gd_closed_form",
     "effective_precision",
     "local_least_squares",
@@ -198,6 +200,19 @@ def held_out(data: FederatedLinReg, n: int = 200, seed: int = 1) -> tuple:
     return tuple(out)
 
 
+def anisotropic_client(phi, scales, angle: float, n: int, sigma: float, seed: int = 0) -> Client:
+    """A 2-D client whose loss is an elongated quadratic: features ``N(0, diag(scales^2))``
+    rotated by ``angle`` (radians), labels ``X phi + N(0, sigma^2)``."""
+    phi = as_vector("phi", phi, 2)
+    scales = as_vector("scales", scales, 2)
+    check_positive_int("n", n)
+    check_positive("sigma", sigma)
+    rng = np.random.default_rng(seed)
+    R = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    X = (rng.normal(size=(n, 2)) * scales) @ R.T
+    return Client(X, X @ phi + sigma * rng.normal(size=n), sigma**2)
+
+
 # --------------------------------------------------------------------------- closed forms
 
 
@@ -300,6 +315,22 @@ def pooled_least_squares(data: FederatedLinReg) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- local steps
+
+
+def minibatch_grad(client: Client, batch_size: int, rng: np.random.Generator):
+    """A stochastic gradient oracle for the client loss ``-log p(D_s | phi)``.
+
+    Each call draws ``batch_size`` examples uniformly with replacement and returns
+    ``(n / B) X_b^T (X_b phi - y_b) / sigma2``, an unbiased estimate of ``A phi - b``."""
+    check_positive_int("batch_size", batch_size)
+    X, y, n, scale = client.X, client.y, client.n, client.n / (batch_size * client.sigma2)
+
+    def grad(phi):
+        idx = rng.integers(0, n, batch_size)
+        Xb = X[idx]
+        return scale * (Xb.T @ (Xb @ phi - y[idx]))
+
+    return grad
 
 
 def local_gd(client: Client, w, K: int, lr: float, lam: float = 0.0) -> np.ndarray:
