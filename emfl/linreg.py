@@ -146,6 +146,7 @@ def make_federated_linreg(
     sigma_range: tuple = (0.3, 1.5),
     w_true=None,
     centres=None,
+    condition: float = 1.0,
     seed: int = 0,
 ) -> FederatedLinReg:
     """Draw a federation from the hierarchical model (Eq. 3), seeded.
@@ -154,10 +155,16 @@ def make_federated_linreg(
     ``n_range``), features ``x ~ N(0, I)`` and a noise standard deviation uniform in
     ``sigma_range``.  With ``centres`` (K, d), client ``s`` belongs to cluster ``s % K`` and its
     ``phi_s`` is drawn around ``centres[s % K]`` instead (the mixture prior of Eq. 47).
+    With ``condition > 1`` each client's features are stretched anisotropically: standard
+    deviations log-spaced from 1 down to ``1 / sqrt(condition)`` along a random rotation of its
+    own, so that clients' losses are elongated in different directions.
     """
     check_positive_int("S", S)
     check_positive_int("d", d)
     check_positive("lam_true", lam_true)
+    check_positive("condition", condition)
+    if condition < 1:
+        raise ValueError(f"condition must be >= 1 (1 means isotropic features); got {condition}")
     n_lo, n_hi = (int(v) for v in n_range)
     if not 1 <= n_lo <= n_hi:
         raise ValueError(f"n_range must be (lo, hi) with 1 <= lo <= hi; got {n_range}")
@@ -182,6 +189,9 @@ def make_federated_linreg(
         n = int(rng.integers(n_lo, n_hi + 1))
         sigma = float(rng.uniform(s_lo, s_hi))
         X = rng.normal(size=(n, d))
+        if condition > 1:
+            R, _ = np.linalg.qr(rng.normal(size=(d, d)))
+            X = (X * np.logspace(0, -0.5 * np.log10(condition), d)) @ R.T
         y = X @ phi_true[s] + sigma * rng.normal(size=n)
         clients.append(Client(X, y, sigma**2))
     return FederatedLinReg(tuple(clients), w_true, phi_true, float(lam_true), cluster)

@@ -12,13 +12,63 @@ import numpy as np
 from emfl import em, linreg
 from emfl.viz import plot_points, plot_trajectory
 
-__all__ = ["fedprox_panel", "figure", "SliderPanel", "time_redraw"]
+__all__ = ["fedprox_panel", "fedpa_panel", "fedpa_split", "figure", "SliderPanel", "time_redraw"]
 
 
 def _grid_limits(points, pad=0.6):
     lo, hi = points.min(axis=0), points.max(axis=0)
     span = np.maximum(hi - lo, 1e-3)
     return (lo[0] - pad * span[0], hi[0] + pad * span[0]), (lo[1] - pad * span[1], hi[1] + pad * span[1])
+
+
+def fedpa_split(K: int, l: int) -> tuple:
+    """FedPA's use of a budget of K local steps: a fifth as burn-in, the rest cut into ``l``
+    windows of equal length (at least one step each).  Returns ``(burn_in, steps_per_sample)``."""
+    burn_in = K // 5
+    return burn_in, max(1, (K - burn_in) // l)
+
+
+def fedpa_panel(axes, data, K: int, l: int, rho: float, lr: float, rounds: int = 30,
+                server_lr: float = 0.1, batch_size: int = 5, w0=None, seed: int = 0):
+    """FedAvg vs FedPA on a 2-D federation of least-squares clients, same local budget K.
+
+    FedAvg runs K minibatch SGD steps; FedPA spends them on a burn-in and ``l`` IASG samples
+    (:func:`fedpa_split`) with shrinkage ``rho``.  Both servers use Adam with ``server_lr``.
+    Left: contours of the global objective with its optimum, the clients' own optima and the two
+    server trajectories.  Right: distance to the global optimum per round.  Returns the two
+    histories."""
+    from emfl import fedpa
+    from emfl.optim import adam
+
+    if data.d != 2:
+        raise ValueError(f"fedpa_panel draws 2-D federations; this one has d={data.d}")
+    ax, ax_d = axes
+    w0 = np.zeros(2) if w0 is None else np.asarray(w0, dtype=float)
+    burn_in, W = fedpa_split(K, l)
+    h_avg = em.run(fedpa.fedavg_sgd(lr, K, batch_size, adam(server_lr), seed=seed), data, w0, rounds)
+    h_pa = em.run(fedpa.fedpa(lr, l, W, burn_in, rho, batch_size, adam(server_lr), seed=seed), data, w0, rounds)
+    opt = linreg.pooled_least_squares(data)
+    local = np.array([linreg.local_least_squares(c) for c in data.clients])
+    xlim, ylim = _grid_limits(np.vstack([local, opt[None], w0[None]]), pad=0.25)
+    xs, ys = np.linspace(*xlim, 80), np.linspace(*ylim, 80)
+    G = np.stack(np.meshgrid(xs, ys), axis=-1)
+    A = sum(c.A for c in data.clients)
+    F = 0.5 * np.einsum("...i,ij,...j->...", G - opt, A, G - opt)
+    ax.contour(xs, ys, F, levels=np.quantile(F, np.linspace(0.01, 0.9, 10)), colors="0.7",
+               linewidths=0.7, linestyles="solid")
+    plot_points(ax, local, label="clients' own optima", color="0.4", marker="s")
+    plot_trajectory(ax, h_avg.w, label="FedAvg", color="tab:red")
+    plot_trajectory(ax, h_pa.w, label="FedPA", color="tab:blue")
+    ax.plot(*opt, "kx", ms=9, mew=2, label="global optimum")
+    ax.set(xlim=xlim, ylim=ylim, xlabel=r"$\theta_1$", ylabel=r"$\theta_2$")
+    ax.legend(loc="lower left", fontsize=8)
+    _caption(ax, rf"K={K}, l={l}, $\rho$={rho:.3g}")
+    t = np.arange(rounds + 1)
+    ax_d.semilogy(t, np.linalg.norm(h_avg.w - opt, axis=1), color="tab:red", label="FedAvg")
+    ax_d.semilogy(t, np.linalg.norm(h_pa.w - opt, axis=1), color="tab:blue", label="FedPA")
+    ax_d.set(xlabel="round", ylabel="distance to the global optimum")
+    ax_d.legend(loc="upper right", fontsize=8)
+    return h_avg, h_pa
 
 
 def _caption(ax, text):

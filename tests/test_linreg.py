@@ -165,6 +165,19 @@ def test_held_out_follows_each_client():
         assert linreg.local_least_squares(c) == pytest.approx(phi, abs=0.02)
 
 
+def test_condition_stretches_each_client_differently():
+    plain = make_federated_linreg(S=3, d=4, seed=2)
+    assert np.array_equal(make_federated_linreg(S=3, d=4, seed=2, condition=1.0).clients[0].X, plain.clients[0].X)
+    data = make_federated_linreg(S=3, d=4, n_range=(4000, 4000), seed=2, condition=100.0)
+    covs = [c.X.T @ c.X / c.n for c in data.clients]
+    for C in covs:
+        eig = np.linalg.eigvalsh(C)
+        assert eig[-1] / eig[0] == pytest.approx(100.0, rel=0.25)
+    assert not np.allclose(covs[0], covs[1], atol=0.1)  # different directions
+    with pytest.raises(ValueError, match="condition must be >= 1"):
+        make_federated_linreg(condition=0.5)
+
+
 def test_clusters():
     data = make_federated_linreg(S=6, d=2, lam_true=100.0, centres=[[-2, 0], [2, 0]], seed=1)
     assert data.cluster.tolist() == [0, 1, 0, 1, 0, 1]

@@ -108,3 +108,17 @@ def test_setup_notebook_sets_print_precision_and_seed():
     assert np.array2string(np.array([1.23456])) == "[1.23]"
     assert rng.normal() == np.random.default_rng(3).normal()
     emfl.setup_notebook()
+
+
+def test_fedpa_panel_and_budget_split():
+    assert panels.fedpa_split(300, 10) == (60, 24)  # a fifth as burn-in, 240 steps in 10 windows
+    assert panels.fedpa_split(10, 30) == (2, 1)  # at least one step per window
+    c1 = emfl.linreg.anisotropic_client([1.0, 0.0], [1.0, 0.5], 0.0, 20, 1.0, seed=1)
+    c2 = emfl.linreg.anisotropic_client([-1.0, 1.0], [1.0, 0.5], 1.0, 20, 1.0, seed=2)
+    data = emfl.FederatedLinReg((c1, c2))
+    fig, axes = plt.subplots(1, 2)
+    h_avg, h_pa = panels.fedpa_panel(axes, data, K=20, l=3, rho=10.0, lr=0.01, rounds=2)
+    assert h_avg.w.shape == h_pa.w.shape == (3, 2)
+    with pytest.raises(ValueError, match="2-D federations"):
+        panels.fedpa_panel(axes, emfl.make_federated_linreg(S=2, d=3), 20, 3, 1.0, 0.01)
+    plt.close("all")
