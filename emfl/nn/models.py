@@ -1,0 +1,112 @@
+"""The models: the EM paper's LeNet-5, the classic LeNet-5, and ResNet-20.
+
+The paper's "LeNet-5" is pinned down by its FedAvg communication totals (Tables 1 and 3):
+conv 5x5, 32 -> max-pool 2 -> conv 5x5, 64 -> max-pool 2 -> fc 512 -> fc classes, ReLU, no
+padding.  That is 878,538 parameters on CIFAR-10 (3x32x32, 10 classes) and 608,702 on FEMNIST
+(1x28x28, 62 classes); sent down and up by 10 clients for 1,000 (6,000) rounds at 4 bytes a value
+it gives the tables' 65 (272) GiB.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["LeNet5", "LeNet5Classic", "ResNet20", "make_model", "MODELS", "num_parameters"]
+
+
+def _flat_size(input_shape, features: nn.Module) -> int:
+    with torch.no_grad():
+        return int(features(torch.zeros(1, *input_shape)).numel())
+
+
+class LeNet5(nn.Module):
+    """The EM paper's LeNet-5: conv 32 -> pool -> conv 64 -> pool -> fc 512 -> fc classes."""
+
+    def __init__(self, input_shape=(3, 32, 32), num_classes: int = 10):
+        super().__init__()
+        c = input_shape[0]
+        self.conv1 = nn.Conv2d(c, 32, 5)
+        self.conv2 = nn.Conv2d(32, 64, 5)
+        flat = _flat_size(input_shape, nn.Sequential(self.conv1, nn.MaxPool2d(2), self.conv2, nn.MaxPool2d(2)))
+        self.fc1 = nn.Linear(flat, 512)
+        self.fc2 = nn.Linear(512, num_classes)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = F.relu(self.fc1(torch.flatten(x, 1)))
+        return self.fc2(x)
+
+
+class LeNet5Classic(nn.Module):
+    """LeCun et al.'s LeNet-5 shape: conv 6 -> pool -> conv 16 -> pool -> fc 120 -> fc 84 -> fc."""
+
+    def __init__(self, input_shape=(3, 32, 32), num_classes: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(input_shape[0], 6, 5)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        flat = _flat_size(input_shape, nn.Sequential(self.conv1, nn.MaxPool2d(2), self.conv2, nn.MaxPool2d(2)))
+        self.fc1 = nn.Linear(flat, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, num_classes)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = F.relu(self.fc1(torch.flatten(x, 1)))
+        return self.fc3(F.relu(self.fc2(x)))
+
+
+class _Block(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.short = None
+        if stride != 1 or cin != cout:
+            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + (x if self.short is None else self.short(x)))
+
+
+class ResNet20(nn.Module):
+    """He et al.'s ResNet-20 for 32x32 images: 3 stages of 3 basic blocks, 16/32/64 channels."""
+
+    def __init__(self, input_shape=(3, 32, 32), num_classes: int = 10):
+        super().__init__()
+        self.conv = nn.Conv2d(input_shape[0], 16, 3, 1, 1, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        layers, cin = [], 16
+        for cout, stride in ((16, 1), (32, 2), (64, 2)):
+            for i in range(3):
+                layers.append(_Block(cin, cout, stride if i == 0 else 1))
+                cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        x = self.layers(F.relu(self.bn(self.conv(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+MODELS = {"lenet5": LeNet5, "lenet5-classic": LeNet5Classic, "resnet20": ResNet20}
+
+
+def make_model(name: str, input_shape, num_classes: int) -> nn.Module:
+    """A model by name (one of ``MODELS``) for the given input shape and class count."""
+    try:
+        cls = MODELS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}") from None
+    return cls(tuple(input_shape), num_classes)
+
+
+def num_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,227 @@
+"""The neural-network engine: models, communication accounting, one round against a hand-written
+reference, resume, divergence, bad input."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from emfl.nn import engine as eng
+from emfl.nn.engine import Diverged, Engine, RunConfig, load_state_vector, state_vector
+from emfl.nn.models import MODELS, make_model, num_parameters
+from emfl.nn.runner import RunError, checkpoint_path, run
+
+from nn_helpers import tiny_federation
+
+
+def test_paper_lenet5_parameter_counts():
+    # conv1 3*32*25+32, conv2 32*64*25+64, fc1 1600*512+512, fc2 512*10+10
+    assert num_parameters(make_model("lenet5", (3, 32, 32), 10)) == 2432 + 51264 + 819712 + 5130 == 878_538
+    # FEMNIST: conv1 1*32*25+32, conv2 the same, fc1 1024*512+512, fc2 512*62+62
+    assert num_parameters(make_model("lenet5", (1, 28, 28), 62)) == 832 + 51264 + 524800 + 31806 == 608_702
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("shape, classes", [((3, 32, 32), 10), ((1, 28, 28), 62)])
+def test_models_run(name, shape, classes):
+    model = make_model(name, shape, classes)
+    assert model(torch.zeros(2, *shape)).shape == (2, classes)
+    v = state_vector(model)
+    load_state_vector(model, v * 0 + 1)
+    assert torch.equal(state_vector(model), torch.ones_like(v))
+
+
+def test_resnet20_is_resnet20():
+    # 19 3x3 convolutions + 1 linear layer = 20 weight layers; about 0.27M parameters
+    model = make_model("resnet20", (3, 32, 32), 10)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert len(convs) == 19
+    assert 270_000 < num_parameters(model) < 275_000
+    with pytest.raises(ValueError, match="unknown model 'vgg'"):
+        make_model("vgg", (3, 32, 32), 10)
+
+
+def test_byte_accounting_matches_the_paper_tables():
+    for shape, classes, rounds, gib in (((3, 32, 32), 10, 1000, 65.46), ((1, 28, 28), 62, 6000, 272.1)):
+        data = tiny_federation(clients=10, n=4, m=2, shape=shape, classes=classes)
+        e = Engine(RunConfig(task=data.name, rounds=1, batch_size=4), data)
+        e.run_round()
+        d = num_parameters(e.model)
+        assert e.bytes_down == e.bytes_up == 10 * 4 * d  # 10 clients, one float32 model each way
+        assert round((e.bytes_down + e.bytes_up) * rounds / 2**30, 2 if gib < 100 else 1) == gib
+
+
+def reference_round(data, config):
+    """One FedAvg round written out by hand, in float64: the same clients and batches, torch's
+    SGD, then the server's plain SGD step on the mean difference (Adam's first step, about
+    lr * sign(g), would amplify float32 round-off in near-zero coordinates; its formula is
+    tested by hand in test_fedpa.py)."""
+    ref = Engine(config, data)  # only for the initial weights, client sampling and batch order
+    w = ref.w.double()
+    total = torch.zeros_like(w)
+    clients = ref.sample_clients(0)
+    for s in clients:
+        model = make_model(config.model, data.input_shape, data.num_classes).double()
+        load_state_vector(model, w)
+        opt = torch.optim.SGD(model.parameters(), lr=config.client_lr)
+        gen = torch.Generator().manual_seed(eng._seed(config.seed, "client", 0, int(s)))
+        perm = torch.randperm(len(data.train_y[s]), generator=gen)
+        for b in range(0, len(perm), config.batch_size):
+            idx = perm[b:b + config.batch_size]
+            x = data.normalize(data.train_x[s][idx]).double()
+            loss = F.cross_entropy(model(x), data.train_y[s][idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        total += w - state_vector(model)
+    return w - config.server_lr * total / len(clients)
+
+
+def test_one_fedavg_round_equals_a_hand_written_reference():
+    data = tiny_federation(clients=5, n=20, m=4)
+    config = RunConfig(rounds=1, clients_per_round=3, batch_size=8, server_opt="sgd", server_lr=0.5)
+    e = Engine(config, data)
+    e.run_round()
+    expected = reference_round(data, config)
+    # float32 engine against a float64 reference: a flipped ReLU moves a value by ~3e-5
+    assert torch.allclose(e.w.double(), expected, atol=1e-4)
+    assert (e.w.double() - expected).abs().max() < 1e-4
+    assert not torch.allclose(e.w, Engine(config, data).w)  # the round did move the server
+
+
+def test_client_sampling_without_replacement_and_seeded():
+    data = tiny_federation(clients=20, n=2, m=1)
+    e = Engine(RunConfig(rounds=1, clients_per_round=10), data)
+    picks = [e.sample_clients(r) for r in range(50)]
+    assert all(len(set(p)) == 10 for p in picks)  # within a round: no repeats
+    assert len({tuple(sorted(p)) for p in picks}) > 40  # across rounds: fresh draws
+    assert np.array_equal(e.sample_clients(7), Engine(RunConfig(rounds=1, clients_per_round=10), data).sample_clients(7))
+
+
+def test_metrics_and_history(tmp_path):
+    data = tiny_federation(clients=4, n=16, m=6)
+    doc = run(RunConfig(rounds=3, clients_per_round=2, batch_size=8, eval_every=2), tmp_path / "h.json",
+              data=data, progress=False)
+    assert [r["round"] for r in doc["records"]] == [2, 3]
+    rec = doc["records"][-1]
+    assert 0 <= rec["global_acc"] <= 1 and 0 <= rec["local_acc"] <= 1
+    assert rec["bytes_down"] == rec["bytes_up"] == 3 * 2 * 4 * doc["model_parameters"]
+    assert rec["cum_gib"] == pytest.approx(2 * rec["bytes_up"] / 2**30)
+    assert 1 <= rec["local_clients"] <= 4
+    on_disk = json.loads((tmp_path / "h.json").read_text())
+    assert on_disk["complete"] and on_disk["records"] == doc["records"]
+    assert checkpoint_path(tmp_path / "h.json").exists()
+
+
+def test_global_accuracy_is_on_the_union_of_test_sets():
+    data = tiny_federation(clients=3, n=4, m=5)
+    e = Engine(RunConfig(rounds=1), data)
+    x, y = data.test_union()
+    assert len(y) == 15
+    load_state_vector(e.model, e.w)
+    pred = e.model(data.normalize(x)).argmax(1)
+    assert e.evaluate()["global_acc"] == pytest.approx((pred == y).float().mean().item())
+
+
+def test_resume_is_bit_identical(tmp_path):
+    data = tiny_federation(clients=5, n=16, m=4)
+    cfg = dict(clients_per_round=2, batch_size=8, eval_every=1, checkpoint_every=1)
+    straight = run(RunConfig(rounds=4, **cfg), tmp_path / "a.json", data=data, progress=False)
+    run(RunConfig(rounds=2, **cfg), tmp_path / "b.json", data=data, progress=False)
+    resumed = run(RunConfig(rounds=4, **cfg), tmp_path / "b.json", data=data, resume=True, progress=False)
+    wa = torch.load(checkpoint_path(tmp_path / "a.json"), weights_only=False)["w"]
+    wb = torch.load(checkpoint_path(tmp_path / "b.json"), weights_only=False)["w"]
+    assert torch.equal(wa, wb)
+    strip = lambda recs: [{k: v for k, v in r.items() if k != "seconds"} for r in recs]  # noqa: E731
+    assert strip(straight["records"]) == strip(resumed["records"])
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    data = tiny_federation(clients=4, n=8, m=2)
+    real = Engine.client_update
+
+    def poisoned(self, s, rnd):
+        delta, loss = real(self, s, rnd)
+        return (delta * float("nan") if rnd == 2 else delta), loss
+
+    monkeypatch.setattr(Engine, "client_update", poisoned)
+    out = tmp_path / "nan.json"
+    with pytest.raises(Diverged, match=r"round 3: .*no longer finite.*last good checkpoint \(round 2\)"):
+        run(RunConfig(rounds=5, clients_per_round=2, batch_size=4, eval_every=1, checkpoint_every=1), out,
+            data=data, progress=False)
+    assert torch.load(checkpoint_path(out), weights_only=False)["round"] == 2
+    assert [r["round"] for r in json.loads(out.read_text())["records"]] == [1, 2]
+
+
+def test_fedpa_burn_in_rounds_are_fedavg_and_fedpa_runs():
+    data = tiny_federation(clients=4, n=16, m=4)
+    base = dict(rounds=1, clients_per_round=2, batch_size=8, local_epochs=3)
+    a = Engine(RunConfig(algo="fedavg", **base), data)
+    b = Engine(RunConfig(algo="fedpa", fedpa_burnin_rounds=1, **base), data)
+    a.run_round()
+    b.run_round()
+    assert torch.equal(a.w, b.w)
+    c = Engine(RunConfig(algo="fedpa", rho=0.5, **base), data)
+    c.run_round()
+    assert torch.isfinite(c.w).all() and not torch.equal(c.w, a.w)
+    p = Engine(RunConfig(algo="fedprox", lam=1.0, **base), data)
+    p.run_round()
+    assert torch.isfinite(p.w).all() and not torch.equal(p.w, a.w)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(algo="fedsgd"), "unknown algorithm 'fedsgd'; choose one of fedavg, fedprox, fedpa"),
+        (dict(task="mnist"), "unknown task 'mnist'"),
+        (dict(rounds=0), "rounds must be a whole number >= 1"),
+        (dict(client_lr=-0.1), "client_lr must be a positive number"),
+        (dict(algo="fedprox"), "fedprox needs --lam > 0"),
+        (dict(algo="fedpa", local_epochs=1), "fedpa needs --local-epochs >= 2"),
+        (dict(rho=-1.0), "rho must be a number >= 0"),
+        (dict(device="tpu"), "device must be auto, cpu or cuda"),
+    ],
+)
+def test_bad_config(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        RunConfig(**kwargs)
+
+
+def test_run_refuses_to_lose_work(tmp_path):
+    data = tiny_federation(clients=3, n=4, m=2)
+    out = tmp_path / "r.json"
+    run(RunConfig(rounds=1, clients_per_round=2), out, data=data, progress=False)
+    with pytest.raises(RunError, match="already exists: pass --resume"):
+        run(RunConfig(rounds=1, clients_per_round=2), out, data=data, progress=False)
+    with pytest.raises(RunError, match="other settings \\(seed\\)"):
+        run(RunConfig(rounds=2, clients_per_round=2, seed=5), out, data=data, resume=True, progress=False)
+    with pytest.raises(RunError, match="nothing to resume"):
+        run(RunConfig(rounds=1), tmp_path / "none.json", data=data, resume=True, progress=False)
+    with pytest.raises(RunError, match="must name a .json file"):
+        run(RunConfig(rounds=1), tmp_path / "r.txt", data=data, progress=False)
+    checkpoint_path(out).write_bytes(b"not a checkpoint")
+    with pytest.raises(RunError, match="cannot be read"):
+        run(RunConfig(rounds=2, clients_per_round=2), out, data=data, resume=True, progress=False)
+
+
+def test_cli_errors(tmp_path, capsys):
+    from emfl.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--algo", "fedsgd", "--out", str(tmp_path / "x.json")])
+    assert exit_.value.code == 2 and "invalid choice: 'fedsgd'" in capsys.readouterr().err
+    assert main(["run", "--rounds", "-3", "--out", str(tmp_path / "x.json"), "--data-dir", str(tmp_path)]) == 2
+    assert "rounds must be a whole number >= 1" in capsys.readouterr().err
+    assert main(["run", "--out", str(tmp_path / "x.json"), "--data-dir", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["run", "--out", str(tmp_path / "x.json"), "--data-dir", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "no usable CIFAR-10" in err and "--download" in err
+    # the real entry point, once
+    out = subprocess.run([sys.executable, "-m", "emfl", "run", "--task", "svhn", "--out", "x.json"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "invalid choice: 'svhn'" in out.stderr
