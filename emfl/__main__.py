@@ -87,6 +87,8 @@ def _add_run_parser(sub):
     p.add_argument("--eval-every", dest="eval_every", type=int, default=d.eval_every)
     p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=d.checkpoint_every)
     p.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu, cuda")
+    p.add_argument("--client-batching", dest="client_batching", choices=["auto", "loop", "vmap"],
+                   default=d.client_batching, help="train a round's clients one by one or batched (auto: batched on CUDA)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
 

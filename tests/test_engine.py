@@ -225,3 +225,49 @@ def test_cli_errors(tmp_path, capsys):
     out = subprocess.run([sys.executable, "-m", "emfl", "run", "--task", "svhn", "--out", "x.json"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "invalid choice: 'svhn'" in out.stderr
+
+
+@pytest.mark.parametrize("algo, extra", [("fedavg", {}), ("fedprox", {"lam": 0.5})])
+def test_batched_clients_equal_the_loop(algo, extra):
+    """The vmap path (used on CUDA) trains the same batches with the same SGD as the loop."""
+    data = tiny_federation(clients=5, n=20, m=4)
+    base = dict(algo=algo, rounds=1, clients_per_round=3, batch_size=8, server_opt="sgd", server_lr=1.0, **extra)
+    loop = Engine(RunConfig(client_batching="loop", **base), data)
+    vmapped = Engine(RunConfig(client_batching="vmap", **base), data)
+    loop.run_round()
+    vmapped.run_round()
+    assert vmapped.uses_vmap(vmapped.sample_clients(0)) and not loop.uses_vmap(loop.sample_clients(0))
+    assert torch.allclose(loop.w, vmapped.w, atol=1e-5)
+    assert np.allclose(loop.local_acc, vmapped.local_acc, equal_nan=True)
+    with pytest.raises(ValueError, match="client_batching=vmap needs"):
+        Engine(RunConfig(client_batching="vmap", model="resnet20", **base), data).run_round()
+
+
+def test_history_loading_and_plotting(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from emfl.nn import history
+
+    data = tiny_federation(clients=3, n=8, m=2)
+    run(RunConfig(rounds=2, clients_per_round=2, eval_every=1), tmp_path / "h.json", data=data, progress=False)
+    doc = history.load_history(tmp_path / "h.json")
+    assert history.column(doc, "round").tolist() == [1.0, 2.0]
+    s = history.summary(doc)
+    assert s["rounds"] == 2 and s["algo"] == "fedavg" and s["device"] == "cpu"
+    fig, ax = plt.subplots()
+    line = history.plot_metric(ax, doc, "local_acc", x="cum_gib")
+    assert line.get_xdata().tolist() == history.column(doc, "cum_gib").tolist()
+    plt.close(fig)
+    with pytest.raises(FileNotFoundError, match="python -m emfl run"):
+        history.load_history(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{]")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        history.load_history(tmp_path / "bad.json")
+    (tmp_path / "other.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a run history"):
+        history.load_history(tmp_path / "other.json")
+    with pytest.raises(KeyError, match="unknown metric 'accuracy'"):
+        history.column(doc, "accuracy")

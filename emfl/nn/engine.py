@@ -76,9 +76,10 @@ class RunConfig:
     eval_every: int = 10
     checkpoint_every: int = 50
     device: str = "auto"
+    client_batching: str = "auto"  # loop | vmap | auto (vmap on CUDA when it applies, else loop)
 
     # fields that may differ between a checkpoint and the run that resumes it
-    RESUMABLE = ("rounds", "eval_every", "checkpoint_every", "device")
+    RESUMABLE = ("rounds", "eval_every", "checkpoint_every", "device", "client_batching")
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -106,6 +107,8 @@ class RunConfig:
             raise ValueError("fedprox needs --lam > 0 (the strength of its proximal term)")
         if self.algo == "fedpa" and self.local_epochs < 2:
             raise ValueError("fedpa needs --local-epochs >= 2: one burn-in epoch, then one sample per epoch")
+        if self.client_batching not in ("auto", "loop", "vmap"):
+            raise ValueError(f"client_batching must be auto, loop or vmap; got {self.client_batching!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu or cuda[:N]; got {self.device!r}")
         if self.batch_size == 0:
@@ -243,19 +246,77 @@ class Engine:
         self.local_acc[s] = self.accuracy(model, self.data.test_x[s], self.data.test_y[s])
         return delta, float(np.mean(losses))
 
+    def uses_vmap(self, clients) -> bool:
+        """Train the round's clients together (torch.func.vmap) rather than one by one?
+
+        Applies to FedAvg and FedProx, models without buffers and clients of equal size.  ``auto``
+        picks it on CUDA only: on a 2-core CPU the plain loop measured faster (see
+        benchmarks/engine_speed.py)."""
+        mode = self.config.client_batching
+        if mode == "loop" or (mode == "auto" and self.device.type != "cuda"):
+            return False
+        ok = (self.config.algo in ("fedavg", "fedprox") and not list(self.model.buffers())
+              and len({len(self.data.train_y[int(s)]) for s in clients}) == 1)
+        if mode == "vmap" and not ok:
+            raise ValueError("client_batching=vmap needs fedavg or fedprox, a model without buffers "
+                             "(not resnet20) and clients of equal size; use auto or loop")
+        return ok
+
+    def clients_update_vmap(self, clients, rnd: int):
+        """All clients of the round in one batched step per minibatch: the same batches, the same
+        SGD, as :meth:`client_update` run one by one (equal up to float round-off)."""
+        from torch.func import functional_call, grad_and_value, vmap
+
+        cfg, model = self.config, self.model
+        load_state_vector(model, self.w)
+        names = [n for n, _ in model.named_parameters()]
+        base = {n: p.detach() for n, p in model.named_parameters()}
+        C = len(clients)
+        params = {n: base[n].unsqueeze(0).repeat(C, *([1] * base[n].dim())) for n in names}
+
+        def loss_fn(p, x, y):
+            loss = F.cross_entropy(functional_call(model, p, (x,)), y)
+            if cfg.algo == "fedprox":
+                loss = loss + 0.5 * cfg.lam * sum(((p[n] - base[n]) ** 2).sum() for n in names)
+            return loss
+
+        step = vmap(grad_and_value(loss_fn))
+        gens = [torch.Generator().manual_seed(_seed(cfg.seed, "client", rnd, int(s))) for s in clients]
+        losses = []
+        for _ in range(cfg.local_epochs):
+            iters = [self._batches(int(s), g) for s, g in zip(clients, gens)]
+            for batch in zip(*iters):
+                x = torch.stack([b[0] for b in batch])
+                y = torch.stack([b[1] for b in batch])
+                g, loss = step(params, x, y)
+                params = {n: params[n] - cfg.client_lr * g[n] for n in names}
+                losses.append(loss.mean().item())
+        total = torch.zeros_like(self.w)
+        with torch.no_grad():
+            for c, s in enumerate(clients):
+                for n, p in model.named_parameters():
+                    p.copy_(params[n][c])
+                w_s = state_vector(model)
+                total += self.w - w_s
+                self.local_acc[int(s)] = self.accuracy(model, self.data.test_x[int(s)], self.data.test_y[int(s)])
+        return total, losses
+
     # ------------------------------------------------------------------ server
     def run_round(self) -> dict:
         """One round: sample, train the clients, step the server.  Raises :class:`Diverged`."""
         rnd = self.round
         start = time.perf_counter()
         clients = self.sample_clients(rnd)
-        total, losses = torch.zeros_like(self.w), []
-        for s in clients:
-            delta, loss = self.client_update(int(s), rnd)
-            total += delta
-            losses.append(loss)
-            self.bytes_down += 4 * self.d
-            self.bytes_up += 4 * self.d
+        if self.uses_vmap(clients):
+            total, losses = self.clients_update_vmap(clients, rnd)
+        else:
+            total, losses = torch.zeros_like(self.w), []
+            for s in clients:
+                delta, loss = self.client_update(int(s), rnd)
+                total += delta
+                losses.append(loss)
+        self.bytes_down += 4 * self.d * len(clients)
+        self.bytes_up += 4 * self.d * len(clients)
         step, opt_state = self.opt.update(total / len(clients), self.opt_state)
         w = self.w - step
         if not torch.isfinite(w).all():
