@@ -2,6 +2,8 @@
 
 ``python -m emfl run --task cifar10 --algo fedavg --rounds N --seed S --data-dir D --out run.json``
     a federated training run (checkpoints beside ``--out``; ``--resume`` continues one);
+``python -m emfl femnist-npz LEAF_FOLDER OUT.npz``
+    converts LEAF's FEMNIST json files into the compact npz the loader reads;
 ``python -m emfl figures``
     re-runs every tutorial, which rewrites figures/.
 """
@@ -93,10 +95,28 @@ def _add_run_parser(sub):
     p.set_defaults(func=_run)
 
 
+def _femnist_npz(args) -> int:
+    from emfl.nn.data import DataError
+    from emfl.nn.femnist import json_to_npz, load_npz
+
+    try:
+        out = json_to_npz(args.leaf_folder, args.out)
+        a = load_npz(out)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}: {len(a['writers'])} writers, {len(a['y'])} samples")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="emfl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run_parser(sub)
+    conv = sub.add_parser("femnist-npz", help="convert LEAF's FEMNIST json into the compact npz")
+    conv.add_argument("leaf_folder", help="folder with all_data/*.json (or train/ and test/)")
+    conv.add_argument("out", help="the .npz to write, e.g. DATA/femnist_leaf_by_writer.npz")
+    conv.set_defaults(func=_femnist_npz)
     fig = sub.add_parser("figures", help="re-run every tutorial so that figures/ is rewritten")
     fig.add_argument("--tutorials", default="tutorials", help="folder of the notebooks")
     fig.set_defaults(func=_figures)

@@ -384,3 +384,15 @@ def test_real_load_femnist_first_writers(real, monkeypatch):
     assert data.info["source"] == str(REAL_NPZ)
     assert 0.9 < data.mean[0] < 1.0 and 0.1 < data.std[0] < 0.3  # white background, dark strokes
     check_federated(data, a)
+
+
+def test_converter_command(tmp_path, monkeypatch, capsys):
+    from emfl.__main__ import main
+
+    monkeypatch.setenv("EMFL_CACHE_DIR", str(tmp_path / "cache"))
+    made = femnist.make_tiny_femnist(tmp_path / "leaf", writers=3, seed=1, fmt="json")
+    assert main(["femnist-npz", str(tmp_path / "leaf"), str(tmp_path / "out.npz")]) == 0
+    assert "3 writers" in capsys.readouterr().out
+    assert np.array_equal(femnist.load_npz(tmp_path / "out.npz")["x"], made["x"])
+    assert main(["femnist-npz", str(tmp_path / "nothing"), str(tmp_path / "o2.npz")]) == 2
+    assert "error:" in capsys.readouterr().err
