@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from emfl.nn.data import DataError, atomic_save
+from emfl.nn.data import DataError, _umask, atomic_save
 from emfl.nn.engine import Diverged, Engine, RunConfig
 
 __all__ = ["run", "load_task_data", "checkpoint_path", "write_json_atomic", "RunError"]
@@ -44,6 +44,7 @@ def write_json_atomic(obj, path) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=1, allow_nan=True)
             f.write("\n")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
