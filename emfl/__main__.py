@@ -81,6 +81,7 @@ def _add_run_parser(sub):
     p.add_argument("--server-lr", dest="server_lr", type=float, default=d.server_lr)
     p.add_argument("--lam", type=float, default=d.lam, help="FedProx: proximal strength")
     p.add_argument("--rho", type=float, default=d.rho, help="FedPA: shrinkage")
+    p.add_argument("--lam0", type=float, default=d.lam0, help="FedSparse: L0 strength (5e-7 low, 5e-6 mid, 5e-5 high)")
     p.add_argument("--fedpa-burnin-rounds", dest="fedpa_burnin_rounds", type=int, default=d.fedpa_burnin_rounds)
     p.add_argument("--alpha", type=float, default=d.alpha, help="CIFAR-10 split: Dirichlet alpha (Hsu et al.)")
     p.add_argument("--num-shards", dest="num_shards", type=int, default=d.num_shards)

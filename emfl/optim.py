@@ -11,7 +11,7 @@ from typing import Any, Callable, NamedTuple
 
 from emfl._checks import check_nonnegative, check_positive
 
-__all__ = ["ServerOptimizer", "sgd", "adam", "make_optimizer"]
+__all__ = ["ServerOptimizer", "sgd", "adam", "adamax", "make_optimizer"]
 
 
 class ServerOptimizer(NamedTuple):
@@ -66,7 +66,37 @@ def adam(lr: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
     return ServerOptimizer(init, update)
 
 
-_OPTIMIZERS = {"sgd": sgd, "adam": adam}
+def adamax(lr: float = 2e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> ServerOptimizer:
+    """Adamax (Adam with the infinity norm), which FedSparse uses for its thresholds."""
+    check_positive("lr", lr)
+    for name, b in (("b1", b1), ("b2", b2)):
+        if not 0 <= b < 1:
+            raise ValueError(f"{name} must be in [0, 1); got {b}")
+
+    def init(params):
+        return (_zeros_like(params), _zeros_like(params), 0)
+
+    def update(grad, state):
+        m, u, t = state
+        t += 1
+        m = b1 * m + (1 - b1) * grad
+        u = _maximum(b2 * u, abs(grad) + eps)
+        return lr / (1 - b1**t) * m / u, (m, u, t)
+
+    return ServerOptimizer(init, update)
+
+
+def _maximum(a, b):
+    if hasattr(a, "clone"):
+        import torch
+
+        return torch.maximum(a, b)
+    import numpy as np
+
+    return np.maximum(a, b)
+
+
+_OPTIMIZERS = {"sgd": sgd, "adam": adam, "adamax": adamax}
 
 
 def make_optimizer(name: str, **kwargs) -> ServerOptimizer:

@@ -186,3 +186,15 @@ def test_server_optimisers_by_hand():
     with pytest.raises(ValueError, match="momentum must be < 1"):
         optim.sgd(0.1, momentum=1.0)
     assert isinstance(optim.make_optimizer("adam", lr=0.01), optim.ServerOptimizer)
+
+
+def test_adamax_by_hand():
+    opt = optim.adamax(0.01)
+    step, state = opt.update(np.array([-2.0, 0.5]), opt.init(np.zeros(2)))
+    # m = 0.1 g, u = |g| (+eps), bias correction 1 / 0.1: step = lr * sign(g)
+    np.testing.assert_allclose(step, [-0.01, 0.01], rtol=1e-6)
+    step, _ = opt.update(np.array([1.0, 0.5]), state)
+    # m = 0.9 * 0.1 g1 + 0.1 g2; u = max(0.999 |g1|, |g2|); correction 1 / (1 - 0.81)
+    m = 0.09 * np.array([-2.0, 0.5]) + 0.1 * np.array([1.0, 0.5])
+    u = np.maximum(0.999 * np.array([2.0, 0.5]), np.array([1.0, 0.5]))
+    np.testing.assert_allclose(step, 0.01 / 0.19 * m / u, rtol=1e-6)

@@ -12,6 +12,9 @@ fedprox    the same with ``lam/2 ||w_s - w||^2`` added to the local loss (an exp
 fedpa      ``Sigma_s^{-1} (w - mu_s)`` from IASG samples, one per local epoch after a burn-in
            epoch (notebook 03, :mod:`emfl.fedpa`); FedAvg's delta in the first
            ``fedpa_burnin_rounds`` rounds
+fedsparse  ``z_s (w - w_s)`` with binary gates ``z_s ~ Bern(pi_s)`` per conv filter / fc neuron,
+           plus a gradient for the server's thresholds ``v`` (Algorithms 1 and 2); only
+           switched-on groups go up, only surviving groups (and their thresholds) come down
 =========  ==================================================================================
 
 Metrics: *global accuracy* is the server model on the union of all clients' test sets; *local
@@ -42,7 +45,11 @@ from emfl.optim import make_optimizer
 
 __all__ = ["RunConfig", "Engine", "ALGORITHMS", "TASKS", "Diverged", "state_vector", "load_state_vector"]
 
-ALGORITHMS = ("fedavg", "fedprox", "fedpa")
+ALGORITHMS = ("fedavg", "fedprox", "fedpa", "fedsparse")
+# FedSparse constants (paper, Appendix A): sigmoid temperature, initial gate probability, server
+# pruning threshold, threshold learning rates (client Adamax, server Adamax), gate cross-entropy scale
+SPARSE_T, SPARSE_THETA0, SPARSE_PRUNE = 1e-3, 0.99, 0.1
+SPARSE_CLIENT_V_LR, SPARSE_SERVER_V_LR, SPARSE_CE_SCALE = 1e-3, 1e-2, 1e-4
 TASKS = {"cifar10": {"batch_size": 64}, "femnist": {"batch_size": 20}}
 GIB = 2**30
 
@@ -67,6 +74,7 @@ class RunConfig:
     server_opt: str = "adam"
     server_lr: float = 1e-3
     lam: float = 0.0  # FedProx: strength of the proximal term
+    lam0: float = 5e-6  # FedSparse: L0 strength (paper: 5e-7 low, 5e-6 mid, 5e-5 high)
     rho: float = 0.01  # FedPA: shrinkage
     fedpa_burnin_rounds: int = 0  # FedPA: rounds run in FedAvg's regime first
     alpha: float = 1.0  # CIFAR-10: Dirichlet concentration (Hsu et al.'s convention)
@@ -99,7 +107,7 @@ class RunConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number; got {value!r}")
-        for name in ("lam", "rho"):
+        for name in ("lam", "rho", "lam0"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a number >= 0; got {value!r}")
@@ -176,13 +184,24 @@ class Engine:
         self.seconds = 0.0
         self.history: list = []
         self._test = None
+        self.v = None
+        if config.algo == "fedsparse":
+            from emfl.nn import fedsparse, gates
+            from emfl.optim import adamax
+
+            self.gmap = fedsparse.GroupMap(self.model, _state_tensors(self.model))
+            self.hooks = fedsparse.GateHooks(self.gmap)
+            self.v = gates.init_threshold(self.gmap.norms(self.w), SPARSE_THETA0, SPARSE_T)
+            self.v_opt = adamax(SPARSE_SERVER_V_LR)
+            self.v_state = self.v_opt.init(self.v)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
         return {"config": self.config.to_dict(), "round": self.round, "w": self.w.cpu(),
                 "opt_state": _to_cpu(self.opt_state), "local_acc": self.local_acc.copy(),
                 "bytes_down": self.bytes_down, "bytes_up": self.bytes_up, "seconds": self.seconds,
-                "history": list(self.history)}
+                "history": list(self.history),
+                **({"v": self.v.cpu(), "v_state": _to_cpu(self.v_state)} if self.v is not None else {})}
 
     def load_state_dict(self, state: dict) -> None:
         self.round = int(state["round"])
@@ -193,6 +212,9 @@ class Engine:
         self.bytes_up = int(state["bytes_up"])
         self.seconds = float(state["seconds"])
         self.history = list(state["history"])
+        if self.v is not None:
+            self.v = state["v"].to(self.device)
+            self.v_state = _to_device(state["v_state"], self.device)
 
     # ------------------------------------------------------------------ clients
     def sample_clients(self, rnd: int) -> np.ndarray:
@@ -304,6 +326,8 @@ class Engine:
     # ------------------------------------------------------------------ server
     def run_round(self) -> dict:
         """One round: sample, train the clients, step the server.  Raises :class:`Diverged`."""
+        if self.config.algo == "fedsparse":
+            return self._run_round_sparse()
         rnd = self.round
         start = time.perf_counter()
         clients = self.sample_clients(rnd)
@@ -326,6 +350,96 @@ class Engine:
         self.round = rnd + 1
         self.seconds += time.perf_counter() - start
         return {"round": self.round, "train_loss": float(np.mean(losses))}
+
+    # ------------------------------------------------------------------ FedSparse
+    def theta(self) -> torch.Tensor:
+        """The server's gate probabilities ``sigmoid((||w_g|| - softplus(v_g)) / T)``."""
+        from emfl.nn.gates import gate_prob
+
+        return gate_prob(self.gmap.norms(self.w), self.v, SPARSE_T)
+
+    def client_update_sparse(self, s: int, rnd: int, theta: torch.Tensor):
+        """FedSparse's client (Algorithm 2; local loss Eq. 41 divided by the client's size).
+
+        Weights: SGD on the data loss under hard-concrete gates with ``P(z > 0) = pi``.
+        Thresholds ``v_s``: Adamax on the same loss plus ``lam0 sum_g |g| pi_g`` (the L0 cost of
+        every value in the group) minus ``1e-4`` times the gate cross-entropy to ``theta``.
+        Returns the weight contribution ``z (w - w_s)``, the threshold gradient, the bytes sent up,
+        the mean loss and ``|pi - theta|``."""
+        from emfl.nn import gates
+
+        cfg, model, gmap = self.config, self.model, self.gmap
+        gen = torch.Generator().manual_seed(_seed(cfg.seed, "client", rnd, int(s)))
+        load_state_vector(model, self.w)
+        model.train()
+        params = list(model.parameters())
+        v_s = self.v.clone().requires_grad_(True)
+        opt_v = torch.optim.Adamax([v_s], lr=SPARSE_CLIENT_V_LR)
+        sizes = gmap.sizes.to(self.device).float()
+        n_s = len(self.data.train_y[s])
+        losses = []
+        for _ in range(cfg.local_epochs):
+            for x, y in self._batches(s, gen):
+                pi = gates.gate_prob(gmap.norms(state_vector(model)), v_s, SPARSE_T)
+                self.hooks.z = gates.hard_concrete_sample(gates.log_alpha_for(pi), generator=gen)
+                loss = F.cross_entropy(model(x), y)
+                reg = (cfg.lam0 * (sizes * pi).sum() - SPARSE_CE_SCALE * gates.gate_cross_entropy(pi, theta)) / n_s
+                model.zero_grad(set_to_none=True)
+                opt_v.zero_grad()
+                (loss + reg).backward()
+                with torch.no_grad():
+                    for p in params:
+                        if p.grad is not None:
+                            p.add_(p.grad, alpha=-cfg.client_lr)
+                opt_v.step()
+                losses.append(loss.item())
+        with torch.no_grad():
+            w_s = state_vector(model)
+            pi = gates.gate_prob(gmap.norms(w_s), v_s, SPARSE_T)
+            z = torch.bernoulli(pi.cpu(), generator=gen).to(self.device)  # the exact binary upload
+            self.hooks.z = z
+            self.local_acc[s] = self.accuracy(model, self.data.test_x[s], self.data.test_y[s])
+            self.hooks.z = None
+            contribution = gmap.expand(z) * (self.w - w_s)
+            v_grad = gates.server_v_gradient(z, theta, self.v, SPARSE_T)
+        up = fedsparse_bytes(gmap.values_on(z), gmap.num_groups)
+        return contribution, v_grad, up, float(np.mean(losses)), (pi - theta).abs()
+
+    def _run_round_sparse(self) -> dict:
+        """Algorithm 1: prune, send the surviving groups, collect sparse updates, step w and v."""
+        rnd = self.round
+        start = time.perf_counter()
+        theta = self.theta()
+        keep = (theta > SPARSE_PRUNE).float()
+        self.w = self.w * self.gmap.expand(keep)  # prune the global model (a no-op after round 1)
+        theta = self.theta()
+        down = fedsparse_bytes(self.gmap.values_on(keep), 0, int(keep.sum()))
+        clients = self.sample_clients(rnd)
+        total_w, total_v = torch.zeros_like(self.w), torch.zeros_like(self.v)
+        losses, tv = [], []
+        for s in clients:
+            contribution, v_grad, up, loss, dist = self.client_update_sparse(int(s), rnd, theta)
+            total_w += contribution
+            total_v += v_grad
+            losses.append(loss)
+            tv.append(dist)
+            self.bytes_down += down
+            self.bytes_up += up
+        step, opt_state = self.opt.update(total_w / len(clients), self.opt_state)
+        v_step, v_state = self.v_opt.update(total_v / len(clients), self.v_state)
+        w, v = self.w - step, self.v - v_step
+        if not (torch.isfinite(w).all() and torch.isfinite(v).all()):
+            raise Diverged(f"round {rnd + 1}: the server weights are no longer finite (NaN or inf); "
+                           "lower --client-lr or --server-lr")
+        self.w, self.opt_state, self.v, self.v_state = w, opt_state, v, v_state
+        pruned = (self.theta() <= SPARSE_PRUNE).float()
+        self.w = self.w * self.gmap.expand(1 - pruned)  # the server model is always the pruned one
+        self.round = rnd + 1
+        self.seconds += time.perf_counter() - start
+        tv = torch.stack(tv)
+        sparsity = float((self.gmap.sizes.to(pruned.device) * pruned).sum()) / self.d
+        return {"round": self.round, "train_loss": float(np.mean(losses)), "sparsity": sparsity,
+                "tv_mean": float(tv.mean()), "tv_max": float(tv.max())}
 
     @torch.no_grad()
     def accuracy(self, model, x, y, batch: int = 1000) -> float:
@@ -361,6 +475,12 @@ class Engine:
             record.update(extra)
         self.history.append(record)
         return record
+
+
+def fedsparse_bytes(values: int, groups: int = 0, thresholds: int = 0) -> int:
+    from emfl.nn.fedsparse import sparse_bytes
+
+    return sparse_bytes(values, groups, thresholds)
 
 
 def _to_cpu(obj):

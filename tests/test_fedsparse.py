@@ -1,0 +1,91 @@
+"""FedSparse on the engine: group bookkeeping, gate hooks, sparse byte accounting, pruning."""
+
+import numpy as np
+import pytest
+import torch
+
+from emfl.nn import groups
+from emfl.nn.engine import Engine, RunConfig, SPARSE_PRUNE, _state_tensors, state_vector
+from emfl.nn.fedsparse import GateHooks, GroupMap, sparse_bytes
+from emfl.nn.models import make_model
+from emfl.nn.runner import checkpoint_path, run
+
+from nn_helpers import tiny_federation
+
+
+def test_group_map_matches_the_layers():
+    model = make_model("lenet5", (3, 32, 32), 10)
+    gmap = GroupMap(model, _state_tensors(model))
+    assert gmap.num_groups == 32 + 64 + 512 and gmap.dense == 5130  # fc2 stays dense
+    assert int(gmap.sizes.sum()) + gmap.dense == 878_538
+    w = state_vector(model)
+    expected = torch.cat([groups.group_norms(l) for l in groups.prunable_layers(model)])
+    assert torch.allclose(gmap.norms(w), expected.detach(), atol=1e-6)
+    mask = torch.zeros(gmap.num_groups)
+    mask[0] = 1  # conv1 filter 0 only: 3*5*5 weights + 1 bias
+    assert gmap.values_on(mask) == 5130 + 76
+    full = gmap.expand(mask)
+    assert int(full.sum()) == 5130 + 76
+
+
+def test_gate_hooks_switch_channels_off():
+    model = make_model("lenet5", (3, 32, 32), 10)
+    gmap = GroupMap(model, _state_tensors(model))
+    hooks = GateHooks(gmap)
+    x = torch.randn(2, 3, 32, 32)
+    dense = model(x)
+    hooks.z = torch.ones(gmap.num_groups)
+    assert torch.allclose(model(x), dense)
+    hooks.z = torch.zeros(gmap.num_groups)  # every hidden unit off: only fc2's bias is left
+    assert torch.allclose(model(x), model.fc2.bias.expand(2, 10))
+    hooks.remove()
+    assert torch.allclose(model(x), dense)
+
+
+def test_sparse_bytes_by_hand():
+    assert sparse_bytes(10, groups=9, thresholds=2) == 4 * 12 + 2  # 9 mask bits take 2 bytes
+    assert sparse_bytes(878_538) == 4 * 878_538
+
+
+def test_a_fedsparse_round_accounts_what_is_sent():
+    data = tiny_federation(clients=4, n=16, m=4)
+    e = Engine(RunConfig(algo="fedsparse", rounds=1, clients_per_round=2, batch_size=8), data)
+    G = e.gmap.num_groups
+    assert torch.allclose(e.theta(), torch.full((G,), 0.99), atol=1e-4)  # starts dense
+    info = e.run_round()
+    assert e.bytes_down == 2 * 4 * (e.d + G)  # every group survives, with its threshold
+    assert 0 < e.bytes_up <= 2 * (4 * e.d + (G + 7) // 8)
+    assert {"sparsity", "tv_mean", "tv_max"} <= set(info)
+    assert 0 <= info["tv_mean"] <= info["tv_max"] <= 1
+
+
+def test_server_pruning_zeroes_groups_and_shrinks_the_download():
+    data = tiny_federation(clients=4, n=16, m=4)
+    e = Engine(RunConfig(algo="fedsparse", rounds=2, clients_per_round=2, batch_size=8), data)
+    e.v[:32] = 50.0  # thresholds far above the norms: every conv1 filter is off (theta ~ 0)
+    info = e.run_round()
+    assert (e.theta()[:32] <= SPARSE_PRUNE).all()
+    a, b = e.gmap.layer_slices[0]
+    in_conv1 = (e.gmap.group_of >= a) & (e.gmap.group_of < b)
+    assert int(in_conv1.sum()) == 32 * 76 and torch.count_nonzero(e.w[in_conv1]) == 0
+    assert torch.count_nonzero(e.w[~in_conv1]) > 0.9 * (e.d - 32 * 76)
+    assert info["sparsity"] == pytest.approx(32 * 76 / e.d, rel=1e-6)
+    before = e.bytes_down
+    e.run_round()
+    assert e.bytes_down - before == 2 * 4 * (e.d - 32 * 76 + e.gmap.num_groups - 32)
+
+
+def test_fedsparse_resume_is_bit_identical(tmp_path):
+    data = tiny_federation(clients=4, n=16, m=4)
+    cfg = dict(algo="fedsparse", lam0=1e-3, clients_per_round=2, batch_size=8, eval_every=1, checkpoint_every=1)
+    run(RunConfig(rounds=3, **cfg), tmp_path / "a.json", data=data, progress=False)
+    run(RunConfig(rounds=1, **cfg), tmp_path / "b.json", data=data, progress=False)
+    run(RunConfig(rounds=3, **cfg), tmp_path / "b.json", data=data, resume=True, progress=False)
+    a = torch.load(checkpoint_path(tmp_path / "a.json"), weights_only=False)
+    b = torch.load(checkpoint_path(tmp_path / "b.json"), weights_only=False)
+    assert torch.equal(a["w"], b["w"]) and torch.equal(a["v"], b["v"])
+
+
+def test_fedsparse_bad_input():
+    with pytest.raises(ValueError, match="lam0 must be a number >= 0"):
+        RunConfig(algo="fedsparse", lam0=-1e-6)
