@@ -42,7 +42,10 @@ def _run(args) -> int:
     from emfl.nn.engine import Diverged, RunConfig
     from emfl.nn.runner import RunError, run
 
+    from emfl.nn.engine import PRESETS
+
     fields = {f: getattr(args, f) for f in RunConfig.__dataclass_fields__ if hasattr(args, f)}
+    fields.update(PRESETS.get(args.algo, {}))  # a named preset sets algo and its hyperparameters
     try:
         config = RunConfig(**fields)
         doc = run(config, args.out, data_dir=args.data_dir, resume=args.resume, download=args.download,
@@ -58,14 +61,15 @@ def _run(args) -> int:
 
 
 def _add_run_parser(sub):
-    from emfl.nn.engine import ALGORITHMS, TASKS, RunConfig
+    from emfl.nn.engine import ALGORITHMS, PRESETS, TASKS, RunConfig
     from emfl.nn.models import MODELS
 
     d = RunConfig()
     p = sub.add_parser("run", help="a federated training run on CIFAR-10 or FEMNIST",
                        description="Train with the EM paper's protocol; see emfl.nn.engine.")
     p.add_argument("--task", choices=list(TASKS), default=d.task)
-    p.add_argument("--algo", choices=list(ALGORITHMS), default=d.algo)
+    p.add_argument("--algo", choices=list(ALGORITHMS) + list(PRESETS), default=d.algo,
+                   help="an algorithm, or a preset: fedsparse-low/mid/high (lam0 = 5e-7, 5e-6, 5e-5)")
     p.add_argument("--model", choices=list(MODELS), default=d.model)
     p.add_argument("--rounds", type=int, default=d.rounds)
     p.add_argument("--seed", type=int, default=d.seed)
@@ -79,7 +83,7 @@ def _add_run_parser(sub):
     p.add_argument("--client-lr", dest="client_lr", type=float, default=d.client_lr)
     p.add_argument("--server-opt", dest="server_opt", choices=["adam", "sgd"], default=d.server_opt)
     p.add_argument("--server-lr", dest="server_lr", type=float, default=d.server_lr)
-    p.add_argument("--lam", type=float, default=d.lam, help="FedProx: proximal strength")
+    p.add_argument("--lam", type=float, default=d.lam, help="FedProx: proximal strength; FedL1: group-L1 strength")
     p.add_argument("--rho", type=float, default=d.rho, help="FedPA: shrinkage")
     p.add_argument("--lam0", type=float, default=d.lam0, help="FedSparse: L0 strength (5e-7 low, 5e-6 mid, 5e-5 high)")
     p.add_argument("--fedpa-burnin-rounds", dest="fedpa_burnin_rounds", type=int, default=d.fedpa_burnin_rounds)

@@ -89,3 +89,32 @@ def test_fedsparse_resume_is_bit_identical(tmp_path):
 def test_fedsparse_bad_input():
     with pytest.raises(ValueError, match="lam0 must be a number >= 0"):
         RunConfig(algo="fedsparse", lam0=-1e-6)
+
+
+def test_fedl1_thresholds_both_ways_and_counts_bytes():
+    data = tiny_federation(clients=4, n=16, m=4)
+    probe = Engine(RunConfig(algo="fedl1", lam=1.0, rounds=2), data)
+    lam = float(probe.gmap.norms(probe.w).median())  # half of the groups start below it
+    e = Engine(RunConfig(algo="fedl1", lam=lam, rounds=2, clients_per_round=2, batch_size=8), data)
+    norms = e.gmap.norms(e.w)
+    keep = (norms > lam).float()
+    assert 0 < keep.sum() < e.gmap.num_groups  # some groups start below the threshold
+    info = e.run_round()
+    G = e.gmap.num_groups
+    expected_down = 2 * sparse_bytes(e.gmap.values_on(keep), G)
+    assert e.bytes_down == expected_down
+    assert e.bytes_up < 2 * 4 * e.d and info["sparsity"] == pytest.approx(float((e.gmap.sizes * (1 - keep)).sum()) / e.d)
+    with pytest.raises(ValueError, match="fedl1 needs --lam > 0"):
+        RunConfig(algo="fedl1")
+
+
+def test_presets_on_the_command_line(tmp_path, capsys):
+    from emfl.__main__ import main
+    from emfl.nn.engine import PRESETS
+
+    assert PRESETS["fedsparse-mid"] == {"algo": "fedsparse", "lam0": 5e-6}
+    assert [PRESETS[f"fedsparse-{k}"]["lam0"] for k in ("low", "mid", "high")] == [5e-7, 5e-6, 5e-5]
+    # a preset is accepted by the parser and reaches the config (here it stops at the missing data)
+    assert main(["run", "--algo", "fedsparse-high", "--out", str(tmp_path / "x.json"),
+                 "--data-dir", str(tmp_path), "--quiet"]) == 2
+    assert "no usable CIFAR-10" in capsys.readouterr().err

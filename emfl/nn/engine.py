@@ -12,6 +12,8 @@ fedprox    the same with ``lam/2 ||w_s - w||^2`` added to the local loss (an exp
 fedpa      ``Sigma_s^{-1} (w - mu_s)`` from IASG samples, one per local epoch after a burn-in
            epoch (notebook 03, :mod:`emfl.fedpa`); FedAvg's delta in the first
            ``fedpa_burnin_rounds`` rounds
+fedl1      ``w - w_s`` with ``lam sum_g ||w_g||`` added to the local loss (Eq. 24); groups with
+           ``||w_g|| <= lam`` are zeroed before sending, by clients and server alike (Eq. 25)
 fedsparse  ``z_s (w - w_s)`` with binary gates ``z_s ~ Bern(pi_s)`` per conv filter / fc neuron,
            plus a gradient for the server's thresholds ``v`` (Algorithms 1 and 2); only
            switched-on groups go up, only surviving groups (and their thresholds) come down
@@ -45,7 +47,11 @@ from emfl.optim import make_optimizer
 
 __all__ = ["RunConfig", "Engine", "ALGORITHMS", "TASKS", "Diverged", "state_vector", "load_state_vector"]
 
-ALGORITHMS = ("fedavg", "fedprox", "fedpa", "fedsparse")
+ALGORITHMS = ("fedavg", "fedprox", "fedpa", "fedsparse", "fedl1")
+# named presets: the paper's FedSparse settings (lam0 for low / mid / high sparsity)
+PRESETS = {"fedsparse-low": {"algo": "fedsparse", "lam0": 5e-7},
+           "fedsparse-mid": {"algo": "fedsparse", "lam0": 5e-6},
+           "fedsparse-high": {"algo": "fedsparse", "lam0": 5e-5}}
 # FedSparse constants (paper, Appendix A): sigmoid temperature, initial gate probability, server
 # pruning threshold, threshold learning rates (client Adamax, server Adamax), gate cross-entropy scale
 SPARSE_T, SPARSE_THETA0, SPARSE_PRUNE = 1e-3, 0.99, 0.1
@@ -73,7 +79,7 @@ class RunConfig:
     client_lr: float = 0.05
     server_opt: str = "adam"
     server_lr: float = 1e-3
-    lam: float = 0.0  # FedProx: strength of the proximal term
+    lam: float = 0.0  # FedProx: proximal strength; FedL1: group-L1 strength and send threshold
     lam0: float = 5e-6  # FedSparse: L0 strength (paper: 5e-7 low, 5e-6 mid, 5e-5 high)
     rho: float = 0.01  # FedPA: shrinkage
     fedpa_burnin_rounds: int = 0  # FedPA: rounds run in FedAvg's regime first
@@ -113,6 +119,8 @@ class RunConfig:
                 raise ValueError(f"{name} must be a number >= 0; got {value!r}")
         if self.algo == "fedprox" and self.lam <= 0:
             raise ValueError("fedprox needs --lam > 0 (the strength of its proximal term)")
+        if self.algo == "fedl1" and self.lam <= 0:
+            raise ValueError("fedl1 needs --lam > 0 (group-L1 strength; the paper: 2e-3 CIFAR-10, 1e-3 FEMNIST)")
         if self.algo == "fedpa" and self.local_epochs < 2:
             raise ValueError("fedpa needs --local-epochs >= 2: one burn-in epoch, then one sample per epoch")
         if self.client_batching not in ("auto", "loop", "vmap"):
@@ -185,11 +193,14 @@ class Engine:
         self.history: list = []
         self._test = None
         self.v = None
+        if config.algo in ("fedsparse", "fedl1"):
+            from emfl.nn import fedsparse
+
+            self.gmap = fedsparse.GroupMap(self.model, _state_tensors(self.model))
         if config.algo == "fedsparse":
             from emfl.nn import fedsparse, gates
             from emfl.optim import adamax
 
-            self.gmap = fedsparse.GroupMap(self.model, _state_tensors(self.model))
             self.hooks = fedsparse.GateHooks(self.gmap)
             self.v = gates.init_threshold(self.gmap.norms(self.w), SPARSE_THETA0, SPARSE_T)
             self.v_opt = adamax(SPARSE_SERVER_V_LR)
@@ -240,6 +251,7 @@ class Engine:
         model.train()
         params = list(model.parameters())
         w0 = [p.detach().clone() for p in params] if cfg.algo == "fedprox" else None
+        l1_weights = [l.module.weight for l in self.gmap.layers] if cfg.algo == "fedl1" else []
         mode = "fedpa" if cfg.algo == "fedpa" and rnd >= cfg.fedpa_burnin_rounds else "fedavg"
         samples, losses = [], []
         for epoch in range(cfg.local_epochs):
@@ -248,6 +260,8 @@ class Engine:
                 loss = F.cross_entropy(model(x), y)
                 if w0 is not None:
                     loss = loss + 0.5 * cfg.lam * sum(((p - q) ** 2).sum() for p, q in zip(params, w0))
+                for wt in l1_weights:  # FedL1, Eq. 24: lam * sum_g ||w_g||
+                    loss = loss + cfg.lam * wt.reshape(wt.shape[0], -1).norm(dim=1).sum()
                 model.zero_grad(set_to_none=True)
                 loss.backward()
                 with torch.no_grad():
@@ -263,6 +277,12 @@ class Engine:
         w_s = state_vector(model)
         if mode == "fedpa":
             delta = fedpa_lib.delta_dp(torch.stack(samples), self.w, cfg.rho)
+        elif cfg.algo == "fedl1":  # Eq. 25: groups with ||w_g|| <= lam are zeroed and not sent
+            keep = (self.gmap.norms(w_s) > cfg.lam).float()
+            w_s = w_s * self.gmap.expand(keep)
+            load_state_vector(model, w_s)
+            self._last_up = fedsparse_bytes(self.gmap.values_on(keep), self.gmap.num_groups)
+            delta = self.w - w_s
         else:
             delta = self.w - w_s
         self.local_acc[s] = self.accuracy(model, self.data.test_x[s], self.data.test_y[s])
@@ -331,16 +351,27 @@ class Engine:
         rnd = self.round
         start = time.perf_counter()
         clients = self.sample_clients(rnd)
+        extra = {}
+        if self.config.algo == "fedl1":  # the server thresholds its model before sending it too
+            keep = (self.gmap.norms(self.w) > self.config.lam).float()
+            server_w, self.w = self.w, self.w * self.gmap.expand(keep)
+            down = fedsparse_bytes(self.gmap.values_on(keep), self.gmap.num_groups)
+            extra["sparsity"] = float((self.gmap.sizes * (1 - keep)).sum()) / self.d
         if self.uses_vmap(clients):
             total, losses = self.clients_update_vmap(clients, rnd)
+            self.bytes_down += 4 * self.d * len(clients)
+            self.bytes_up += 4 * self.d * len(clients)
         else:
             total, losses = torch.zeros_like(self.w), []
             for s in clients:
+                self._last_up = 4 * self.d
                 delta, loss = self.client_update(int(s), rnd)
                 total += delta
                 losses.append(loss)
-        self.bytes_down += 4 * self.d * len(clients)
-        self.bytes_up += 4 * self.d * len(clients)
+                self.bytes_down += down if self.config.algo == "fedl1" else 4 * self.d
+                self.bytes_up += self._last_up
+        if self.config.algo == "fedl1":
+            total, self.w = total + len(clients) * (server_w - self.w), server_w  # differences to the server's own w
         step, opt_state = self.opt.update(total / len(clients), self.opt_state)
         w = self.w - step
         if not torch.isfinite(w).all():
@@ -349,7 +380,7 @@ class Engine:
         self.w, self.opt_state = w, opt_state
         self.round = rnd + 1
         self.seconds += time.perf_counter() - start
-        return {"round": self.round, "train_loss": float(np.mean(losses))}
+        return {"round": self.round, "train_loss": float(np.mean(losses)), **extra}
 
     # ------------------------------------------------------------------ FedSparse
     def theta(self) -> torch.Tensor:
@@ -459,7 +490,10 @@ class Engine:
         """Global and local accuracy now, with the communication so far; appended to history."""
         if self._test is None:
             self._test = self.data.test_union()
-        load_state_vector(self.eval_model, self.w)
+        w = self.w
+        if self.config.algo == "fedl1":  # the model the server sends: thresholded (Eq. 25)
+            w = w * self.gmap.expand((self.gmap.norms(w) > self.config.lam).float())
+        load_state_vector(self.eval_model, w)
         seen = ~np.isnan(self.local_acc)
         record = {
             "round": self.round,
