@@ -118,3 +118,36 @@ def test_presets_on_the_command_line(tmp_path, capsys):
     assert main(["run", "--algo", "fedsparse-high", "--out", str(tmp_path / "x.json"),
                  "--data-dir", str(tmp_path), "--quiet"]) == 2
     assert "no usable CIFAR-10" in capsys.readouterr().err
+
+
+def test_feddrop_submodel_size_by_hand():
+    data = tiny_federation(clients=4, n=16, m=4)
+    e = Engine(RunConfig(algo="feddrop", rounds=1, clients_per_round=2, batch_size=8), data)
+    z = e.dropout_masks(0, 0)
+    # kept units: conv1 round(32 * 0.99) = 32, conv2 round(64 * 0.9) = 58, fc1 256, fc2 round(10 * 0.99) = 10
+    kept = [int(z[a:b].sum()) for a, b in e.gmap.layer_slices]
+    assert kept == [32, 58, 256, 10]
+    # conv1 32 * (3*25) + 32; conv2 58 * (32*25) + 58; fc1 256 * (58*25) + 256; fc2 10 * 256 + 10
+    expected = 32 * 75 + 32 + 58 * 800 + 58 + 256 * 1450 + 256 + 10 * 256 + 10
+    assert e.submodel_values(z) == expected
+    assert e.submodel_values(torch.ones(e.gmap.num_groups)) == e.d  # nothing dropped: the full model
+    e.run_round()
+    assert e.bytes_down == e.bytes_up == 2 * 4 * expected  # every client's sub-model has that size
+    assert not torch.equal(e.dropout_masks(0, 0), e.dropout_masks(1, 0))  # a draw per client
+
+
+def test_feddrop_only_updates_the_submodel():
+    data = tiny_federation(clients=3, n=16, m=4)
+    e = Engine(RunConfig(algo="feddrop", rounds=1, clients_per_round=1, batch_size=8, drop_conv=0.5,
+                         server_opt="sgd", server_lr=1.0), data)
+    s = int(e.sample_clients(0)[0])
+    z = e.dropout_masks(s, 0)
+    w0 = e.w.clone()
+    e.run_round()
+    a, b = e.gmap.layer_slices[1]  # conv2: half its filters dropped
+    dropped = torch.isin(e.gmap.group_of, torch.nonzero(z[a:b] == 0).flatten() + a)
+    assert dropped.sum() > 0 and torch.equal(e.w[dropped], w0[dropped])
+    with pytest.raises(ValueError, match="drop_fc must be a rate"):
+        RunConfig(algo="feddrop", drop_fc=1.0)
+    with pytest.raises(ValueError, match="feddrop builds sub-models"):
+        Engine(RunConfig(algo="feddrop", model="resnet20"), data)

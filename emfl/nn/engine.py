@@ -14,6 +14,8 @@ fedpa      ``Sigma_s^{-1} (w - mu_s)`` from IASG samples, one per local epoch af
            ``fedpa_burnin_rounds`` rounds
 fedl1      ``w - w_s`` with ``lam sum_g ||w_g||`` added to the local loss (Eq. 24); groups with
            ``||w_g|| <= lam`` are zeroed before sending, by clients and server alike (Eq. 25)
+feddrop    ``w - w_s`` of a random structured sub-model (units dropped per layer, removed, not
+           zeroed, when counting bytes); the server scatters the sub-model's update back
 fedsparse  ``z_s (w - w_s)`` with binary gates ``z_s ~ Bern(pi_s)`` per conv filter / fc neuron,
            plus a gradient for the server's thresholds ``v`` (Algorithms 1 and 2); only
            switched-on groups go up, only surviving groups (and their thresholds) come down
@@ -47,7 +49,7 @@ from emfl.optim import make_optimizer
 
 __all__ = ["RunConfig", "Engine", "ALGORITHMS", "TASKS", "Diverged", "state_vector", "load_state_vector"]
 
-ALGORITHMS = ("fedavg", "fedprox", "fedpa", "fedsparse", "fedl1")
+ALGORITHMS = ("fedavg", "fedprox", "fedpa", "fedsparse", "fedl1", "feddrop")
 # named presets: the paper's FedSparse settings (lam0 for low / mid / high sparsity)
 PRESETS = {"fedsparse-low": {"algo": "fedsparse", "lam0": 5e-7},
            "fedsparse-mid": {"algo": "fedsparse", "lam0": 5e-6},
@@ -81,6 +83,9 @@ class RunConfig:
     server_lr: float = 1e-3
     lam: float = 0.0  # FedProx: proximal strength; FedL1: group-L1 strength and send threshold
     lam0: float = 5e-6  # FedSparse: L0 strength (paper: 5e-7 low, 5e-6 mid, 5e-5 high)
+    drop_conv: float = 0.1  # FedDrop: share of conv filters a client drops (paper, CIFAR-10: 0.1)
+    drop_fc: float = 0.5  # FedDrop: share of hidden fc units dropped (CIFAR-10: 0.5)
+    drop_io: float = 0.01  # FedDrop: share dropped in the input and output layers
     rho: float = 0.01  # FedPA: shrinkage
     fedpa_burnin_rounds: int = 0  # FedPA: rounds run in FedAvg's regime first
     alpha: float = 1.0  # CIFAR-10: Dirichlet concentration (Hsu et al.'s convention)
@@ -113,6 +118,10 @@ class RunConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number; got {value!r}")
+        for name in ("drop_conv", "drop_fc", "drop_io"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 <= value < 1):
+                raise ValueError(f"{name} must be a rate in [0, 1); got {value!r}")
         for name in ("lam", "rho", "lam0"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
@@ -193,10 +202,15 @@ class Engine:
         self.history: list = []
         self._test = None
         self.v = None
-        if config.algo in ("fedsparse", "fedl1"):
+        if config.algo in ("fedsparse", "fedl1", "feddrop"):
             from emfl.nn import fedsparse
 
-            self.gmap = fedsparse.GroupMap(self.model, _state_tensors(self.model))
+            self.gmap = fedsparse.GroupMap(self.model, _state_tensors(self.model),
+                                           prune_output=config.algo == "feddrop")
+        if config.algo == "feddrop":
+            if config.model == "resnet20":
+                raise ValueError("feddrop builds sub-models of a chain of layers: use lenet5 or lenet5-classic")
+            self.hooks = fedsparse.GateHooks(self.gmap)
         if config.algo == "fedsparse":
             from emfl.nn import fedsparse, gates
             from emfl.optim import adamax
@@ -252,6 +266,8 @@ class Engine:
         params = list(model.parameters())
         w0 = [p.detach().clone() for p in params] if cfg.algo == "fedprox" else None
         l1_weights = [l.module.weight for l in self.gmap.layers] if cfg.algo == "fedl1" else []
+        if cfg.algo == "feddrop":  # this client's structured sub-model: units kept per layer
+            self.hooks.z = self.dropout_masks(s, rnd).to(self.device)
         mode = "fedpa" if cfg.algo == "fedpa" and rnd >= cfg.fedpa_burnin_rounds else "fedavg"
         samples, losses = [], []
         for epoch in range(cfg.local_epochs):
@@ -277,6 +293,9 @@ class Engine:
         w_s = state_vector(model)
         if mode == "fedpa":
             delta = fedpa_lib.delta_dp(torch.stack(samples), self.w, cfg.rho)
+        elif cfg.algo == "feddrop":
+            self._last_up = self._last_down = 4 * self.submodel_values(self.hooks.z)
+            delta = self.w - w_s  # zero outside the sub-model: the server scatters it back
         elif cfg.algo == "fedl1":  # Eq. 25: groups with ||w_g|| <= lam are zeroed and not sent
             keep = (self.gmap.norms(w_s) > cfg.lam).float()
             w_s = w_s * self.gmap.expand(keep)
@@ -286,7 +305,39 @@ class Engine:
         else:
             delta = self.w - w_s
         self.local_acc[s] = self.accuracy(model, self.data.test_x[s], self.data.test_y[s])
+        if cfg.algo == "feddrop":
+            self.hooks.z = None
         return delta, float(np.mean(losses))
+
+    def dropout_masks(self, s: int, rnd: int) -> torch.Tensor:
+        """FedDrop: which units client ``s`` keeps this round, a fixed share per layer, drawn at
+        random (the first and the output layer use ``drop_io``, convs ``drop_conv``, hidden fc
+        layers ``drop_fc``)."""
+        cfg, layers = self.config, self.gmap.layers
+        gen = torch.Generator().manual_seed(_seed(cfg.seed, "drop", rnd, int(s)))
+        masks = []
+        for k, layer in enumerate(layers):
+            rate = cfg.drop_io if k in (0, len(layers) - 1) else (
+                cfg.drop_conv if isinstance(layer.module, torch.nn.Conv2d) else cfg.drop_fc)
+            keep = max(1, round(layer.groups * (1 - rate)))
+            m = torch.zeros(layer.groups)
+            m[torch.randperm(layer.groups, generator=gen)[:keep]] = 1
+            masks.append(m)
+        return torch.cat(masks)
+
+    def submodel_values(self, z: torch.Tensor) -> int:
+        """Parameters of the sub-model that keeps the units ``z``: each kept unit's weights to the
+        kept units of the layer before (and its bias)."""
+        total, prev = 0, None
+        for (a, b), layer in zip(self.gmap.layer_slices, self.gmap.layers):
+            kept = int(z[a:b].sum())
+            w = layer.module.weight
+            per_unit = w[0].numel()
+            if prev is not None:  # inputs from dropped units of the previous layer are removed too
+                per_unit = per_unit * prev[1] // prev[0]
+            total += kept * per_unit + (kept if layer.module.bias is not None else 0)
+            prev = (layer.groups, kept)
+        return total
 
     def uses_vmap(self, clients) -> bool:
         """Train the round's clients together (torch.func.vmap) rather than one by one?
@@ -368,7 +419,9 @@ class Engine:
                 delta, loss = self.client_update(int(s), rnd)
                 total += delta
                 losses.append(loss)
-                self.bytes_down += down if self.config.algo == "fedl1" else 4 * self.d
+                if self.config.algo == "feddrop":
+                    down = self._last_down
+                self.bytes_down += down if self.config.algo in ("fedl1", "feddrop") else 4 * self.d
                 self.bytes_up += self._last_up
         if self.config.algo == "fedl1":
             total, self.w = total + len(clients) * (server_w - self.w), server_w  # differences to the server's own w
