@@ -91,6 +91,8 @@ def _add_run_parser(sub):
     p.add_argument("--lam0", type=float, default=d.lam0, help="FedSparse: L0 strength (5e-7 low, 5e-6 mid, 5e-5 high)")
     p.add_argument("--fedpa-burnin-rounds", dest="fedpa_burnin_rounds", type=int, default=d.fedpa_burnin_rounds)
     p.add_argument("--alpha", type=float, default=d.alpha, help="CIFAR-10 split: Dirichlet alpha (Hsu et al.)")
+    p.add_argument("--test-split", dest="test_split", choices=["matched", "disjoint"], default=d.test_split,
+                   help="CIFAR-10 shard test sets: matched to each shard's classes, or the earlier disjoint draw")
     p.add_argument("--num-shards", dest="num_shards", type=int, default=d.num_shards)
     p.add_argument("--shard-size", dest="shard_size", type=int, default=d.shard_size)
     p.add_argument("--max-writers", dest="max_writers", type=int, default=d.max_writers, help="FEMNIST: first k writers (0: all)")

@@ -168,3 +168,14 @@ def test_largest_remainder_by_hand():
     assert cifar._largest_remainder(np.array([1.0, 1.0, 1.0]), 10).tolist() == [4, 3, 3]
     # 66.2, 32.8, 1.0 -> floors 66, 32, 1; the one left goes to the largest remainder (0.8)
     assert cifar._largest_remainder(np.array([331.0, 164.0, 5.0]), 100).tolist() == [66, 33, 1]
+
+
+def test_disjoint_test_split():
+    train_y, test_y = np.repeat(np.arange(10), 500), np.repeat(np.arange(10), 100)
+    tr, te, q = cifar.dirichlet_split(train_y, test_y, num_shards=10, shard_size=500, alpha=1.0, seed=2,
+                                      test_split="disjoint")
+    assert sorted(np.concatenate(te).tolist()) == list(range(1000))  # disjoint, covering the test set
+    matched = cifar.dirichlet_split(train_y, test_y, num_shards=10, shard_size=500, alpha=1.0, seed=2)
+    assert len(np.unique(np.concatenate(matched[1]))) < 1000  # matched sets may overlap
+    with pytest.raises(ValueError, match="test_split must be"):
+        cifar.dirichlet_split(train_y, test_y, test_split="random")

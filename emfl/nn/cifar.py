@@ -176,14 +176,21 @@ def _largest_remainder(shares: np.ndarray, total: int) -> np.ndarray:
 
 def dirichlet_split(train_y, test_y, num_shards: int = 100, shard_size: int = 500,
                     test_size: int | None = None, alpha: float = 1.0, seed: int = 0,
-                    num_classes: int = 10):
+                    num_classes: int = 10, test_split: str = "matched"):
     """Hsu et al.'s non-i.i.d. split: ``q_s ~ Dir(alpha * p)``, then class-by-class draws.
 
     Training shards are disjoint.  Each shard's test set (``test_size`` images, default an equal
     share of the test set) has the class proportions of the shard's own training images, drawn
     without replacement within the shard and independently across shards (so two shards may share
     a test image).  Returns ``(train_idx, test_idx, q)`` with ``q`` the (num_shards, num_classes)
-    drawn proportions."""
+    drawn proportions.
+
+    ``test_split="disjoint"`` is the earlier scheme: each shard's test set is drawn class by class
+    from ``q_s`` out of pools shared by all shards (disjoint test sets that together cover the test
+    set when sizes add up; late shards get what is left, so their test classes can differ from
+    their training classes)."""
+    if test_split not in ("matched", "disjoint"):
+        raise ValueError(f"test_split must be 'matched' or 'disjoint'; got {test_split!r}")
     if not alpha > 0:
         raise ValueError(f"alpha must be > 0 (smaller is more skewed); got {alpha}")
     train_y = np.asarray(train_y)
@@ -198,10 +205,16 @@ def dirichlet_split(train_y, test_y, num_shards: int = 100, shard_size: int = 50
     prior = np.bincount(train_y, minlength=num_classes) / len(train_y)
     train_pools = [list(rng.permutation(np.flatnonzero(train_y == k))) for k in range(num_classes)]
     test_by_class = [np.flatnonzero(test_y == k) for k in range(num_classes)]
+    if test_split == "disjoint":
+        test_pools = [list(rng.permutation(np.flatnonzero(test_y == k))) for k in range(num_classes)]
     q = rng.dirichlet(alpha * prior, size=num_shards)
     train_idx, test_idx = [], []
     for s in range(num_shards):
         tr = np.sort(sample_with_proportions(train_pools, q[s], shard_size, rng))
+        if test_split == "disjoint":
+            train_idx.append(tr)
+            test_idx.append(np.sort(sample_with_proportions(test_pools, q[s], test_size, rng)))
+            continue
         counts = _largest_remainder(np.bincount(train_y[tr], minlength=num_classes).astype(float), test_size)
         te = [rng.choice(test_by_class[k], size=min(c, len(test_by_class[k])), replace=False)
               for k, c in enumerate(counts) if c > 0]
@@ -211,12 +224,13 @@ def dirichlet_split(train_y, test_y, num_shards: int = 100, shard_size: int = 50
 
 
 def load_cifar10(data_dir=None, seed: int = 0, alpha: float = 1.0, num_shards: int = 100,
-                 shard_size: int = 500, test_size: int | None = None, download: bool = False) -> FederatedData:
+                 shard_size: int = 500, test_size: int | None = None, download: bool = False,
+                 test_split: str = "matched") -> FederatedData:
     """CIFAR-10 split into ``num_shards`` shards (default: the paper's 100 x 500, with 100 test
     images each)."""
     arrays = load_cifar10_arrays(data_dir, download)
     tr, te, q = dirichlet_split(arrays["train_y"], arrays["test_y"], num_shards, shard_size,
-                                test_size, alpha, seed)
+                                test_size, alpha, seed, test_split=test_split)
     x = arrays["train_x"]
     mean, std = channel_stats(x[torch.from_numpy(np.concatenate(tr))])
     union = torch.from_numpy(np.unique(np.concatenate(te)))
@@ -225,9 +239,10 @@ def load_cifar10(data_dir=None, seed: int = 0, alpha: float = 1.0, num_shards: i
         train_x=[x[torch.from_numpy(i)] for i in tr], train_y=[arrays["train_y"][torch.from_numpy(i)] for i in tr],
         test_x=[arrays["test_x"][torch.from_numpy(i)] for i in te], test_y=[arrays["test_y"][torch.from_numpy(i)] for i in te],
         mean=mean, std=std,
-        global_x=arrays["test_x"][union], global_y=arrays["test_y"][union],
+        global_x=arrays["test_x"][union] if test_split == "matched" else None,
+        global_y=arrays["test_y"][union] if test_split == "matched" else None,
         info={"source": arrays["source"], "split": "Hsu et al.: q ~ Dir(alpha * p), class-by-class draws",
-              "alpha": alpha, "seed": seed, "num_shards": num_shards, "shard_size": shard_size,
+              "alpha": alpha, "seed": seed, "test_split": test_split, "num_shards": num_shards, "shard_size": shard_size,
               "test_size": len(te[0]), "q": q.round(4).tolist()},
     )
 

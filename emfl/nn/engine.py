@@ -89,6 +89,7 @@ class RunConfig:
     rho: float = 0.01  # FedPA: shrinkage
     fedpa_burnin_rounds: int = 0  # FedPA: rounds run in FedAvg's regime first
     alpha: float = 1.0  # CIFAR-10: Dirichlet concentration (Hsu et al.'s convention)
+    test_split: str = "matched"  # CIFAR-10 shard test sets: "matched" to the shard's classes, or "disjoint"
     num_shards: int = 100  # CIFAR-10
     shard_size: int = 500  # CIFAR-10
     max_writers: int = 0  # FEMNIST: keep the first k writers (0: all)
@@ -132,6 +133,8 @@ class RunConfig:
             raise ValueError("fedl1 needs --lam > 0 (group-L1 strength; the paper: 2e-3 CIFAR-10, 1e-3 FEMNIST)")
         if self.algo == "fedpa" and self.local_epochs < 2:
             raise ValueError("fedpa needs --local-epochs >= 2: one burn-in epoch, then one sample per epoch")
+        if self.test_split not in ("matched", "disjoint"):
+            raise ValueError(f"test_split must be matched or disjoint; got {self.test_split!r}")
         if self.client_batching not in ("auto", "loop", "vmap"):
             raise ValueError(f"client_batching must be auto, loop or vmap; got {self.client_batching!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):

@@ -57,7 +57,7 @@ def load_task_data(config: RunConfig, data_dir=None, download: bool = False):
         from emfl.nn.cifar import load_cifar10
 
         return load_cifar10(data_dir, seed=config.seed, alpha=config.alpha, num_shards=config.num_shards,
-                            shard_size=config.shard_size, download=download)
+                            shard_size=config.shard_size, download=download, test_split=config.test_split)
     from emfl.nn.femnist import load_femnist
 
     return load_femnist(data_dir, seed=config.seed, max_writers=config.max_writers or None)
