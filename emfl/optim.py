@@ -43,16 +43,21 @@ def sgd(lr: float, momentum: float = 0.0) -> ServerOptimizer:
     return ServerOptimizer(init, update)
 
 
-def adam(lr: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> ServerOptimizer:
-    """Adam (Kingma and Ba) on the pseudo-gradient, as the EM paper's server uses."""
+def _check_adam_args(lr, b1, b2, eps):
     check_positive("lr", lr)
     for name, b in (("b1", b1), ("b2", b2)):
         if not 0 <= b < 1:
             raise ValueError(f"{name} must be in [0, 1); got {b}")
     check_positive("eps", eps)
 
-    def init(params):
-        return (_zeros_like(params), _zeros_like(params), 0)
+
+def _init_moments(params):
+    return (_zeros_like(params), _zeros_like(params), 0)
+
+
+def adam(lr: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> ServerOptimizer:
+    """Adam (Kingma and Ba) on the pseudo-gradient, as the EM paper's server uses."""
+    _check_adam_args(lr, b1, b2, eps)
 
     def update(grad, state):
         m, v, t = state
@@ -63,18 +68,12 @@ def adam(lr: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
         v_hat = v / (1 - b2**t)
         return lr * m_hat / (v_hat**0.5 + eps), (m, v, t)
 
-    return ServerOptimizer(init, update)
+    return ServerOptimizer(_init_moments, update)
 
 
 def adamax(lr: float = 2e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> ServerOptimizer:
     """Adamax (Adam with the infinity norm), which FedSparse uses for its thresholds."""
-    check_positive("lr", lr)
-    for name, b in (("b1", b1), ("b2", b2)):
-        if not 0 <= b < 1:
-            raise ValueError(f"{name} must be in [0, 1); got {b}")
-
-    def init(params):
-        return (_zeros_like(params), _zeros_like(params), 0)
+    _check_adam_args(lr, b1, b2, eps)
 
     def update(grad, state):
         m, u, t = state
@@ -83,7 +82,7 @@ def adamax(lr: float = 2e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e
         u = _maximum(b2 * u, abs(grad) + eps)
         return lr / (1 - b1**t) * m / u, (m, u, t)
 
-    return ServerOptimizer(init, update)
+    return ServerOptimizer(_init_moments, update)
 
 
 def _maximum(a, b):
