@@ -145,8 +145,8 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypat
     real = Engine.client_update
 
     def poisoned(self, s, rnd):
-        delta, loss = real(self, s, rnd)
-        return (delta * float("nan") if rnd == 2 else delta), loss
+        delta, loss, up = real(self, s, rnd)
+        return (delta * float("nan") if rnd == 2 else delta), loss, up
 
     monkeypatch.setattr(Engine, "client_update", poisoned)
     out = tmp_path / "nan.json"

@@ -44,6 +44,8 @@ import torch
 from torch.nn import functional as F
 
 from emfl import fedpa as fedpa_lib
+from emfl.nn.fedsparse import sparse_bytes
+from emfl.nn.groups import group_norms
 from emfl.nn.models import make_model
 from emfl.optim import make_optimizer
 
@@ -259,8 +261,9 @@ class Engine:
             yield self.data.normalize(x[idx], self.device), y[idx].to(self.device)
 
     def client_update(self, s: int, rnd: int):
-        """Local training of client ``s`` from the server weights; returns ``(delta, loss)`` and
-        records the local model's accuracy on the client's own test set."""
+        """Local training of client ``s`` from the server weights; returns ``(delta, loss, up)``
+        with ``up`` the bytes the client sends, and records the local model's accuracy on the
+        client's own test set."""
         cfg = self.config
         gen = torch.Generator().manual_seed(_seed(cfg.seed, "client", rnd, int(s)))
         model = self.model
@@ -294,23 +297,24 @@ class Engine:
             if acc is not None:
                 samples.append(acc / steps)
         w_s = state_vector(model)
+        up = 4 * self.d
         if mode == "fedpa":
             delta = fedpa_lib.delta_dp(torch.stack(samples), self.w, cfg.rho)
         elif cfg.algo == "feddrop":
-            self._last_up = self._last_down = 4 * self.submodel_values(self.hooks.z)
+            up = 4 * self.submodel_values(self.hooks.z)
             delta = self.w - w_s  # zero outside the sub-model: the server scatters it back
         elif cfg.algo == "fedl1":  # Eq. 25: groups with ||w_g|| <= lam are zeroed and not sent
             keep = (self.gmap.norms(w_s) > cfg.lam).float()
             w_s = w_s * self.gmap.expand(keep)
             load_state_vector(model, w_s)
-            self._last_up = fedsparse_bytes(self.gmap.values_on(keep), self.gmap.num_groups)
+            up = sparse_bytes(self.gmap.values_on(keep), self.gmap.num_groups)
             delta = self.w - w_s
         else:
             delta = self.w - w_s
         self.local_acc[s] = self.accuracy(model, self.data.test_x[s], self.data.test_y[s])
         if cfg.algo == "feddrop":
             self.hooks.z = None
-        return delta, float(np.mean(losses))
+        return delta, float(np.mean(losses)), up
 
     def dropout_masks(self, s: int, rnd: int) -> torch.Tensor:
         """FedDrop: which units client ``s`` keeps this round, a fixed share per layer, drawn at
@@ -405,11 +409,11 @@ class Engine:
         rnd = self.round
         start = time.perf_counter()
         clients = self.sample_clients(rnd)
-        extra = {}
+        extra, down = {}, 4 * self.d
         if self.config.algo == "fedl1":  # the server thresholds its model before sending it too
             keep = (self.gmap.norms(self.w) > self.config.lam).float()
             server_w, self.w = self.w, self.w * self.gmap.expand(keep)
-            down = fedsparse_bytes(self.gmap.values_on(keep), self.gmap.num_groups)
+            down = sparse_bytes(self.gmap.values_on(keep), self.gmap.num_groups)
             extra["sparsity"] = float((self.gmap.sizes * (1 - keep)).sum()) / self.d
         if self.uses_vmap(clients):
             total, losses = self.clients_update_vmap(clients, rnd)
@@ -418,14 +422,11 @@ class Engine:
         else:
             total, losses = torch.zeros_like(self.w), []
             for s in clients:
-                self._last_up = 4 * self.d
-                delta, loss = self.client_update(int(s), rnd)
+                delta, loss, up = self.client_update(int(s), rnd)
                 total += delta
                 losses.append(loss)
-                if self.config.algo == "feddrop":
-                    down = self._last_down
-                self.bytes_down += down if self.config.algo in ("fedl1", "feddrop") else 4 * self.d
-                self.bytes_up += self._last_up
+                self.bytes_down += up if self.config.algo == "feddrop" else down  # a sub-model goes both ways
+                self.bytes_up += up
         if self.config.algo == "fedl1":
             total, self.w = total + len(clients) * (server_w - self.w), server_w  # differences to the server's own w
         step, opt_state = self.opt.update(total / len(clients), self.opt_state)
@@ -467,7 +468,7 @@ class Engine:
         losses = []
         for _ in range(cfg.local_epochs):
             for x, y in self._batches(s, gen):
-                pi = gates.gate_prob(gmap.norms(state_vector(model)), v_s, SPARSE_T)
+                pi = gates.gate_prob(torch.cat([group_norms(l) for l in gmap.layers]), v_s, SPARSE_T)
                 self.hooks.z = gates.hard_concrete_sample(gates.log_alpha_for(pi), generator=gen)
                 loss = F.cross_entropy(model(x), y)
                 reg = (cfg.lam0 * (sizes * pi).sum() - SPARSE_CE_SCALE * gates.gate_cross_entropy(pi, theta)) / n_s
@@ -489,7 +490,7 @@ class Engine:
             self.hooks.z = None
             contribution = gmap.expand(z) * (self.w - w_s)
             v_grad = gates.server_v_gradient(z, theta, self.v, SPARSE_T)
-        up = fedsparse_bytes(gmap.values_on(z), gmap.num_groups)
+        up = sparse_bytes(gmap.values_on(z), gmap.num_groups)
         return contribution, v_grad, up, float(np.mean(losses)), (pi - theta).abs()
 
     def _run_round_sparse(self) -> dict:
@@ -500,7 +501,7 @@ class Engine:
         keep = (theta > SPARSE_PRUNE).float()
         self.w = self.w * self.gmap.expand(keep)  # prune the global model (a no-op after round 1)
         theta = self.theta()
-        down = fedsparse_bytes(self.gmap.values_on(keep), 0, int(keep.sum()))
+        down = sparse_bytes(self.gmap.values_on(keep), 0, int(keep.sum()))
         clients = self.sample_clients(rnd)
         total_w, total_v = torch.zeros_like(self.w), torch.zeros_like(self.v)
         losses, tv = [], []
@@ -565,12 +566,6 @@ class Engine:
             record.update(extra)
         self.history.append(record)
         return record
-
-
-def fedsparse_bytes(values: int, groups: int = 0, thresholds: int = 0) -> int:
-    from emfl.nn.fedsparse import sparse_bytes
-
-    return sparse_bytes(values, groups, thresholds)
 
 
 def _to_cpu(obj):
