@@ -30,6 +30,34 @@ def test_image_folder_and_tarball_round_trip(tmp_path, fmt):
     assert torch.equal(again["train_x"], arrays["train_x"])
 
 
+def test_runs_started_together_unpack_the_tarball_once_without_tripping(tmp_path):
+    """Two runs on a fresh machine unpack at the same time: each works in its own temporary
+    folder, one rename wins, both read the same images, and no temporary folder is left."""
+    import threading
+
+    cifar.make_tiny_cifar10(tmp_path / "d", per_class=2, test_per_class=1, fmt="tarball")
+    tarball = tmp_path / "d" / cifar.TARBALL
+    stale = tmp_path / "cache" / f"cifar10-jpeg-{cifar._key(tarball)}"
+    (stale / "train").mkdir(parents=True)  # half-made by an interrupted run: no .complete
+    roots, errors = [], []
+
+    def unpack():
+        try:
+            roots.append(cifar._unpack_tarball(tarball))
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=unpack) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(set(roots)) == 1
+    assert (roots[0] / ".complete").exists()
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [stale.name]
+    assert len(list((roots[0] / "train").rglob("*.png"))) == 20
+
+
 def test_official_python_format_through_a_local_download(tmp_path, monkeypatch):
     """The --download path end to end: torchvision fetches a local archive from a web server on
     the loopback address, checks its md5 and unpacks it; then every file's md5 is checked."""

@@ -95,23 +95,34 @@ def _read_image_folder(root: Path) -> dict:
 
 
 def _unpack_tarball(tarball: Path) -> Path:
-    """Unpack the JPEG tarball into the cache folder once; returns the image-folder root."""
+    """Unpack the JPEG tarball into the cache folder once; returns the image-folder root.
+
+    Each process unpacks into its own temporary folder and renames it into place, so that two
+    runs started at the same time on a fresh machine do not trip over each other."""
+    import shutil
+    import tempfile
+
     dest = cache_dir() / f"cifar10-jpeg-{_key(tarball)}"
     done = dest / ".complete"
     if done.exists():
         return dest
-    tmp = dest.with_name(dest.name + ".partial")
-    if tmp.exists():
-        import shutil
-
-        shutil.rmtree(tmp)
+    tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".partial-", dir=cache_dir()))
     try:
         with tarfile.open(tarball, "r:gz") as tar:
             tar.extractall(tmp, filter="data")
+        (tmp / ".complete").touch()
+        if dest.exists() and not done.exists():  # left half-made by an interrupted older version
+            shutil.rmtree(dest, ignore_errors=True)
+        try:
+            tmp.rename(dest)
+        except OSError:  # another process finished first: use its copy
+            if not done.exists():
+                raise
     except (tarfile.TarError, EOFError, OSError, ValueError) as err:
         raise DataError(f"the CIFAR-10 archive {tarball} is corrupt or truncated ({err}): copy it again") from None
-    tmp.rename(dest)
-    done.touch()
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 
