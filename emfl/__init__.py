@@ -5,7 +5,7 @@ learning is a round of (hard) EM: clients compute an E-step on their own data, t
 M-step over what they send.  See the tutorials for the derivations.
 """
 
-from emfl import linreg, priors, em, viz
+from emfl import linreg, priors, em, viz, spike_slab
 from emfl.em import (
     FederatedAlgorithm,
     History,
@@ -24,7 +24,7 @@ from emfl.viz import save_figure, setup_notebook
 __version__ = "0.1.0"
 
 __all__ = [
-    "linreg", "priors", "em", "viz",
+    "linreg", "priors", "em", "viz", "spike_slab",
     "FederatedAlgorithm", "History", "ServerState",
     "exact_em", "hard_em", "fedavg", "fedprox", "fedavg_fixed_point", "run",
     "Client", "FederatedLinReg", "make_federated_linreg",

@@ -89,6 +89,9 @@ def _add_run_parser(sub):
     p.add_argument("--drop-fc", dest="drop_fc", type=float, default=d.drop_fc, help="FedDrop: hidden fc drop rate")
     p.add_argument("--drop-io", dest="drop_io", type=float, default=d.drop_io, help="FedDrop: input/output layer drop rate")
     p.add_argument("--lam0", type=float, default=d.lam0, help="FedSparse: L0 strength (5e-7 low, 5e-6 mid, 5e-5 high)")
+    p.add_argument("--sparse-reg", dest="sparse_reg", choices=["batch", "example"], default=d.sparse_reg,
+                   help="FedSparse: lam0 and the gate cross-entropy added to the mean batch loss (batch) "
+                        "or divided by the client's size (example, Eq. 41 / N_s)")
     p.add_argument("--fedpa-burnin-rounds", dest="fedpa_burnin_rounds", type=int, default=d.fedpa_burnin_rounds)
     p.add_argument("--alpha", type=float, default=d.alpha, help="CIFAR-10 split: Dirichlet alpha (Hsu et al.)")
     p.add_argument("--test-split", dest="test_split", choices=["matched", "disjoint"], default=d.test_split,

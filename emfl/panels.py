@@ -111,6 +111,34 @@ def fedprox_panel(axes, data, lam: float, K: int, server_lr: float, lr: float, r
     return h
 
 
+def fedsparse_panel(axes, grid: dict, lam0: float, lam: float, ce_scale: float, theta_true=None):
+    """FedSparse's trade-off on the toy world, read from :func:`emfl.spike_slab.trade_off_grid`.
+
+    Left: the server's gate probabilities ``theta`` per feature at (``lam0``, ``lam``,
+    ``ce_scale``), with the share of clients that truly use each feature.  Right, against
+    ``lam0``: sparsity, communication as a share of FedAvg's, and the clients' held-out error."""
+    ax, ax_r = axes
+    c = int(np.argmin(np.abs(np.log(grid["ce_scales"]) - np.log(ce_scale))))
+    i = int(np.argmin(np.abs(grid["lams"] - lam)))
+    j = int(np.argmin(np.abs(np.log((grid["lam0s"] + 1e-12) / (lam0 + 1e-12)))))  # nearest on a log scale
+    theta = grid["theta"][c, i, j]
+    feats = np.arange(theta.size)
+    ax.bar(feats, theta, color="tab:blue", alpha=0.7, label=r"server $\theta_j$")
+    if theta_true is not None:
+        ax.plot(feats, theta_true, "k_", ms=14, mew=2, label="share of clients using $j$")
+    ax.axhline(0.1, color="0.5", lw=0.8, ls=":")
+    ax.set(xlabel="feature $j$", ylabel="gate probability", ylim=(0, 1.15), xticks=feats)
+    ax.legend(loc="upper right", fontsize=8)
+    lam0s = grid["lam0s"]
+    ax_r.semilogx(lam0s, grid["sparsity"][c, i], marker=".", label="sparsity")
+    ax_r.semilogx(lam0s, grid["comm"][c, i], marker=".", label="communication / FedAvg's")
+    ax_r.semilogx(lam0s, grid["local_mse"][c, i], marker=".", label="local held-out MSE")
+    ax_r.axvline(lam0s[j], color="k", lw=0.8)
+    ax_r.set(xlabel=r"$\lambda_0$ (nats per parameter)", ylim=(0, 1.6))  # a large error runs off the top; the tutorial prints it
+    ax_r.legend(loc="upper left", fontsize=8)
+    _caption(ax_r, rf"$\lambda_0$={lam0s[j]:.3g}, $\lambda$={grid['lams'][i]:.3g}, cross-entropy x {grid['ce_scales'][c]:.0e}")
+
+
 def _figure(figsize, ncols):
     """A figure with a fixed layout: tight_layout would double the time of a redraw."""
     fig, axes = plt.subplots(1, ncols, figsize=figsize)

@@ -151,3 +151,18 @@ def test_feddrop_only_updates_the_submodel():
         RunConfig(algo="feddrop", drop_fc=1.0)
     with pytest.raises(ValueError, match="feddrop builds sub-models"):
         Engine(RunConfig(algo="feddrop", model="resnet20"), data)
+
+
+def test_sparse_regulariser_by_hand_and_its_two_scales():
+    """Two groups of 3 and 5 weights: lam0 * (3 * 0.5 + 5 * 1.0) = 6.5 lam0; the cross-entropy
+    term is 1e-4 * -(0.5 log 0.5 + 0.5 log 0.5 + log 0.9) for theta = (0.5, 0.9)."""
+    from emfl.nn.engine import sparse_regulariser
+
+    pi, theta, sizes = torch.tensor([0.5, 1.0]), torch.tensor([0.5, 0.9]), torch.tensor([3.0, 5.0])
+    ce = 0.5 * np.log(0.5) + 0.5 * np.log(0.5) + np.log(0.9)
+    batch = float(sparse_regulariser(pi, theta, sizes, lam0=0.1))
+    assert batch == pytest.approx(0.65 - 1e-4 * ce, rel=1e-5)
+    assert float(sparse_regulariser(pi, theta, sizes, lam0=0.1, n_s=500)) == pytest.approx(batch / 500, rel=1e-5)
+    with pytest.raises(ValueError, match="sparse_reg must be batch or example"):
+        RunConfig(algo="fedsparse", sparse_reg="per-client")
+    assert RunConfig().sparse_reg == "batch"

@@ -64,6 +64,15 @@ TASKS = {"cifar10": {"batch_size": 64}, "femnist": {"batch_size": 20}}
 GIB = 2**30
 
 
+def sparse_regulariser(pi, theta, sizes, lam0: float, n_s: int = 1):
+    """FedSparse's local regulariser (Eq. 41 with lam = 0): ``lam0 sum_g |g| pi_g`` (every weight
+    of a group pays the L0 cost) minus ``1e-4`` times the gate cross-entropy to ``theta`` (Eq. 38),
+    divided by ``n_s`` (1 for ``sparse_reg = "batch"``, the client's size for ``"example"``)."""
+    from emfl.nn.gates import gate_cross_entropy
+
+    return (lam0 * (sizes * pi).sum() - SPARSE_CE_SCALE * gate_cross_entropy(pi, theta)) / n_s
+
+
 class Diverged(RuntimeError):
     """The server weights stopped being finite."""
 
@@ -85,6 +94,9 @@ class RunConfig:
     server_lr: float = 1e-3
     lam: float = 0.0  # FedProx: proximal strength; FedL1: group-L1 strength and send threshold
     lam0: float = 5e-6  # FedSparse: L0 strength (paper: 5e-7 low, 5e-6 mid, 5e-5 high)
+    # FedSparse: "batch" adds lam0 and the gate cross-entropy to the mean batch loss as they stand
+    # (as FedL1 adds its lam); "example" divides them by the client's size (Eq. 41 / N_s exactly)
+    sparse_reg: str = "batch"
     drop_conv: float = 0.1  # FedDrop: share of conv filters a client drops (paper, CIFAR-10: 0.1)
     drop_fc: float = 0.5  # FedDrop: share of hidden fc units dropped (CIFAR-10: 0.5)
     drop_io: float = 0.01  # FedDrop: share dropped in the input and output layers
@@ -137,6 +149,8 @@ class RunConfig:
             raise ValueError("fedpa needs --local-epochs >= 2: one burn-in epoch, then one sample per epoch")
         if self.test_split not in ("matched", "disjoint"):
             raise ValueError(f"test_split must be matched or disjoint; got {self.test_split!r}")
+        if self.sparse_reg not in ("batch", "example"):
+            raise ValueError(f"sparse_reg must be batch or example; got {self.sparse_reg!r}")
         if self.client_batching not in ("auto", "loop", "vmap"):
             raise ValueError(f"client_batching must be auto, loop or vmap; got {self.client_batching!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -447,7 +461,7 @@ class Engine:
         return gate_prob(self.gmap.norms(self.w), self.v, SPARSE_T)
 
     def client_update_sparse(self, s: int, rnd: int, theta: torch.Tensor):
-        """FedSparse's client (Algorithm 2; local loss Eq. 41 divided by the client's size).
+        """FedSparse's client (Algorithm 2; local loss Eq. 41 as a mean over the batch).
 
         Weights: SGD on the data loss under hard-concrete gates with ``P(z > 0) = pi``.
         Thresholds ``v_s``: Adamax on the same loss plus ``lam0 sum_g |g| pi_g`` (the L0 cost of
@@ -464,14 +478,14 @@ class Engine:
         v_s = self.v.clone().requires_grad_(True)
         opt_v = torch.optim.Adamax([v_s], lr=SPARSE_CLIENT_V_LR)
         sizes = gmap.sizes.to(self.device).float()
-        n_s = len(self.data.train_y[s])
+        n_s = len(self.data.train_y[s]) if cfg.sparse_reg == "example" else 1  # see RunConfig.sparse_reg
         losses = []
         for _ in range(cfg.local_epochs):
             for x, y in self._batches(s, gen):
                 pi = gates.gate_prob(torch.cat([group_norms(l) for l in gmap.layers]), v_s, SPARSE_T)
                 self.hooks.z = gates.hard_concrete_sample(gates.log_alpha_for(pi), generator=gen)
                 loss = F.cross_entropy(model(x), y)
-                reg = (cfg.lam0 * (sizes * pi).sum() - SPARSE_CE_SCALE * gates.gate_cross_entropy(pi, theta)) / n_s
+                reg = sparse_regulariser(pi, theta, sizes, cfg.lam0, n_s)
                 model.zero_grad(set_to_none=True)
                 opt_v.zero_grad()
                 (loss + reg).backward()
