@@ -188,3 +188,18 @@ def sample_with_proportions(pools: list, q: np.ndarray, n: int, rng: np.random.G
         if sizes[k] == 0:
             w[k] = 0.0
     return out
+
+
+def generated_federation(clients: int = 6, n: int = 24, m: int = 8, shape: tuple = (3, 32, 32),
+                         classes: int = 10, seed: int = 0) -> FederatedData:
+    """A federation of random images and labels (no files needed): ``clients`` clients with ``n``
+    training and ``m`` test examples each.  For tests and for trying the engine without data;
+    nothing can be learnt from it, so accuracy stays near chance."""
+    g = torch.Generator().manual_seed(seed)
+    tx = [torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8) for _ in range(clients)]
+    ty = [torch.randint(0, classes, (n,), generator=g) for _ in range(clients)]
+    ex = [torch.randint(0, 256, (m, *shape), generator=g, dtype=torch.uint8) for _ in range(clients)]
+    ey = [torch.randint(0, classes, (m,), generator=g) for _ in range(clients)]
+    mean, std = channel_stats(torch.cat(tx))
+    return FederatedData("cifar10" if shape[0] == 3 else "femnist", classes, tx, ty, ex, ey, mean, std,
+                         {"source": "generated"})

@@ -7,9 +7,25 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load_history", "column", "plot_metric", "summary"]
+__all__ = ["load_history", "column", "plot_metric", "summary", "method_name", "record_at", "load_runs",
+           "comparison", "format_comparison", "plot_runs", "quick_mode", "PAPER"]
 
-METRICS = ("global_acc", "local_acc", "cum_gib", "round", "seconds", "train_loss")
+METRICS = ("global_acc", "local_acc", "cum_gib", "round", "seconds", "train_loss", "sparsity", "tv_mean", "tv_max")
+
+# The paper's Tables 1 (CIFAR-10, 1,000 rounds) and 3 (FEMNIST, 6,000 rounds), mean of 3 seeds:
+# global accuracy %, local accuracy %, GB communicated (GiB, see tutorial 03b), sparsity %.
+PAPER = {
+    "cifar10": {"FedAvg": (69.7, 86.2, 65, None), "FedDrop": (69.9, 84.9, 34, None),
+                "FedL1": (62.1, 82.5, 36, 61.8), "FedSparse low": (68.9, 86.9, 52, 21.4),
+                "FedSparse mid": (68.9, 87.6, 35, 46.8), "FedSparse high": (68.4, 86.9, 23, 66.5)},
+    "femnist": {"FedAvg": (85.8, 90.8, 272, None), "FedDrop": (84.7, 87.6, 168, None),
+                "FedL1": (82.0, 85.9, 187, 45.5), "FedSparse low": (85.4, 90.8, 270, 1.0),
+                "FedSparse mid": (85.1, 90.6, 148, 45.6), "FedSparse high": (84.1, 89.6, 102, 62.8)},
+}
+ORDER = ("FedAvg", "FedDrop", "FedL1", "FedSparse low", "FedSparse mid", "FedSparse high")
+_LEVELS = {5e-7: "low", 5e-6: "mid", 5e-5: "high"}
+COLOURS = {"FedAvg": "black", "FedDrop": "tab:green", "FedL1": "tab:purple", "FedSparse low": "#9ecae1",
+           "FedSparse mid": "#3182bd", "FedSparse high": "#08306b"}
 
 
 def load_history(path) -> dict:
@@ -41,6 +57,19 @@ def plot_metric(ax, doc: dict, metric: str = "global_acc", x: str = "round", lab
     return line
 
 
+def plot_runs(ax, runs: dict, metric: str = "global_acc", x: str = "round", max_round=None, **kwargs):
+    """``metric`` against ``x`` for every run of ``runs`` (name -> history) on ``ax``, one colour
+    per method; runs without the metric (e.g. FedAvg's sparsity) are left out.  ``max_round`` cuts
+    longer runs to the rounds the others have."""
+    for name, doc in runs.items():
+        if not any(metric in r for r in doc["records"]):
+            continue
+        cut = doc if max_round is None else {**doc, "records": [r for r in doc["records"] if r["round"] <= max_round]}
+        plot_metric(ax, cut, metric, x=x, label=name, color=COLOURS.get(name), **kwargs)
+    ax.set_ylabel({"global_acc": "global accuracy", "local_acc": "local accuracy", "sparsity": "sparsity of the server model",
+                   "tv_mean": "mean |pi_s - theta|", "tv_max": "max |pi_s - theta|"}.get(metric, metric))
+
+
 def summary(doc: dict) -> dict:
     """The last record with the run's algorithm, task, rounds and hardware, for tables."""
     last = doc["records"][-1] if doc["records"] else {}
@@ -49,3 +78,76 @@ def summary(doc: dict) -> dict:
             "planned_rounds": doc["config"]["rounds"], "global_acc": last.get("global_acc"),
             "local_acc": last.get("local_acc"), "cum_gib": last.get("cum_gib"),
             "device": hw.get("device"), "threads": hw.get("threads"), "hours": last.get("seconds", 0) / 3600}
+
+
+def method_name(doc: dict) -> str:
+    """The paper's name for a run: FedAvg, FedDrop, FedL1, FedSparse low / mid / high (by lam0)."""
+    cfg = doc["config"]
+    algo = cfg["algo"]
+    if algo == "fedsparse":
+        level = _LEVELS.get(float(cfg.get("lam0", 0)))
+        return f"FedSparse {level}" if level else f"FedSparse (lam0 = {cfg['lam0']:g})"
+    return {"fedavg": "FedAvg", "feddrop": "FedDrop", "fedl1": "FedL1", "fedprox": "FedProx",
+            "fedpa": "FedPA"}.get(algo, algo)
+
+
+def record_at(doc: dict, rnd: int) -> dict:
+    """The evaluated record at round ``rnd`` (the last one before it if ``rnd`` was not evaluated)."""
+    rows = [r for r in doc["records"] if r["round"] <= rnd]
+    if not rows:
+        raise ValueError(f"the run has no evaluated round <= {rnd}; its first is {doc['records'][0]['round'] if doc['records'] else 'none'}")
+    return rows[-1]
+
+
+def load_runs(directory, task: str, seed: int = 0) -> dict:
+    """Every committed history ``{task}_*_seed{seed}.json`` in ``directory``, by method name, in
+    the paper's row order."""
+    found = {}
+    for path in sorted(Path(directory).glob(f"{task}_*_seed{seed}.json")):
+        doc = load_history(path)
+        found[method_name(doc)] = doc
+    if not found:
+        raise FileNotFoundError(f"no run histories {task}_*_seed{seed}.json in {directory}")
+    return {k: found[k] for k in sorted(found, key=lambda k: ORDER.index(k) if k in ORDER else len(ORDER))}
+
+
+def comparison(runs: dict, rnd: int) -> list:
+    """Rows of the paper's table at round ``rnd`` for every run: global and local accuracy (%),
+    GiB communicated, its share of FedAvg's over the same rounds, sparsity (%)."""
+    base = record_at(runs["FedAvg"], rnd)["cum_gib"] if "FedAvg" in runs else None
+    rows = []
+    for name, doc in runs.items():
+        r = record_at(doc, rnd)
+        sparsity = r.get("sparsity")
+        rows.append({"method": name, "round": r["round"], "global_acc": 100 * r["global_acc"],
+                     "local_acc": 100 * r["local_acc"], "cum_gib": r["cum_gib"],
+                     "comm_vs_fedavg": r["cum_gib"] / base if base else None,
+                     "sparsity": None if sparsity is None else 100 * sparsity})
+    return rows
+
+
+def format_comparison(rows: list, task: str) -> str:
+    """``rows`` of :func:`comparison` beside the paper's numbers, as a fixed-width text table.
+
+    The paper's communication share is its GB over FedAvg's GB (at 1,000 / 6,000 rounds)."""
+    paper = PAPER[task]
+    fmt = lambda v, spec: format("-", spec[:2]) if v is None else format(v, spec)  # noqa: E731
+    head = (f"{'method':<15} {'round':>5} | {'global':>6} {'local':>6} {'GiB':>7} {'vs FedAvg':>9} {'sparsity':>8} |"
+            f" {'paper:':>6} {'global':>6} {'local':>6} {'GB':>4} {'vs FedAvg':>9} {'sparsity':>8}")
+    lines = [head, "-" * len(head)]
+    for row in rows:
+        p = paper.get(row["method"])
+        ours = (f"{row['method']:<15} {row['round']:>5} | {row['global_acc']:>6.1f} {row['local_acc']:>6.1f} "
+                f"{row['cum_gib']:>7.2f} {fmt(row['comm_vs_fedavg'], '>9.2f')} {fmt(row['sparsity'], '>8.1f')} |")
+        if p:
+            ours += (f" {'':>6} {p[0]:>6.1f} {p[1]:>6.1f} {p[2]:>4} {p[2] / paper['FedAvg'][2]:>9.2f} "
+                     f"{fmt(p[3], '>8.1f')}")
+        lines.append(ours)
+    return "\n".join(lines)
+
+
+def quick_mode() -> bool:
+    """True unless ``EMFL_QUICK=0``: the notebooks then re-run only a few rounds live."""
+    import os
+
+    return os.environ.get("EMFL_QUICK", "1").strip() not in ("0", "false", "no")

@@ -140,3 +140,31 @@ def run(config: RunConfig, out, data_dir=None, resume: bool = False, download: b
 
 
 __all__ += ["DataError", "Diverged"]
+
+
+def data_or_generated(config: RunConfig, data_dir=None) -> tuple:
+    """``(data, source)``: the task's real data when ``data_dir`` (or ``$EMFL_DATA_DIR``) holds
+    it, else a small generated federation (random images: it runs, but learns nothing), with
+    ``source`` saying which and why, so that a notebook runs anywhere."""
+    from emfl.nn.data import generated_federation
+
+    try:
+        data = load_task_data(config, data_dir)
+        return data, f"{config.task} from {data.info.get('source', data_dir)}"
+    except DataError as err:
+        shape, classes = ((3, 32, 32), 10) if config.task == "cifar10" else ((1, 28, 28), 62)
+        return generated_federation(20, 64, 16, shape, classes, config.seed), f"generated images ({err})"
+
+
+def run_in_memory(config: RunConfig, data) -> list:
+    """Train ``config.rounds`` rounds without writing anything (for a few rounds live in a
+    notebook); returns the evaluated records, every ``config.eval_every`` rounds and at the end."""
+    engine = Engine(config, data)
+    while engine.round < config.rounds:
+        info = engine.run_round()
+        if engine.round % config.eval_every == 0 or engine.round == config.rounds:
+            engine.evaluate(info)
+    return engine.history
+
+
+__all__ += ["data_or_generated", "run_in_memory"]
