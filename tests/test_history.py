@@ -82,3 +82,21 @@ def test_live_runs_fall_back_to_generated_data_and_write_nothing(tmp_path):
     records = run_in_memory(cfg, data)
     assert [r["round"] for r in records] == [1, 2] and "sparsity" in records[-1]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_gib_to_reach_reads_the_first_evaluation_at_the_level():
+    assert history.gib_to_reach(FEDAVG, "local_acc", 0.75) == 1.0  # 0.70 at 0.5 GiB, 0.80 at 1.0
+    assert history.gib_to_reach(MID, "local_acc", 0.72) == 0.4
+    assert history.gib_to_reach(MID, "global_acc", 0.9) is None
+
+
+def test_cut_keeps_the_rounds_up_to_the_limit():
+    assert [r["round"] for r in history.cut(FEDAVG, 10)["records"]] == [10]
+    assert history.cut(FEDAVG, None) is FEDAVG
+    assert history.gib_to_reach(history.cut(FEDAVG, 10), "local_acc", 0.75) is None
+
+
+def test_a_shorter_run_is_compared_with_fedavg_over_its_own_rounds():
+    short = _doc("feddrop", [_rec(10, 0.3, 0.7, 0.25)])
+    rows = history.comparison({"FedAvg": FEDAVG, "FedDrop": short}, 20)
+    assert rows[1]["round"] == 10 and rows[1]["comm_vs_fedavg"] == pytest.approx(0.5)  # 0.25 / 0.5

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["load_history", "column", "plot_metric", "summary", "method_name", "record_at", "load_runs",
-           "comparison", "format_comparison", "plot_runs", "quick_mode", "PAPER"]
+           "comparison", "format_comparison", "cut", "gib_to_reach", "plot_runs", "quick_mode", "PAPER"]
 
 METRICS = ("global_acc", "local_acc", "cum_gib", "round", "seconds", "train_loss", "sparsity", "tv_mean", "tv_max")
 
@@ -64,8 +64,7 @@ def plot_runs(ax, runs: dict, metric: str = "global_acc", x: str = "round", max_
     for name, doc in runs.items():
         if not any(metric in r for r in doc["records"]):
             continue
-        cut = doc if max_round is None else {**doc, "records": [r for r in doc["records"] if r["round"] <= max_round]}
-        plot_metric(ax, cut, metric, x=x, label=name, color=COLOURS.get(name), **kwargs)
+        plot_metric(ax, cut(doc, max_round), metric, x=x, label=name, color=COLOURS.get(name), **kwargs)
     ax.set_ylabel({"global_acc": "global accuracy", "local_acc": "local accuracy", "sparsity": "sparsity of the server model",
                    "tv_mean": "mean |pi_s - theta|", "tv_max": "max |pi_s - theta|"}.get(metric, metric))
 
@@ -114,16 +113,32 @@ def load_runs(directory, task: str, seed: int = 0) -> dict:
 def comparison(runs: dict, rnd: int) -> list:
     """Rows of the paper's table at round ``rnd`` for every run: global and local accuracy (%),
     GiB communicated, its share of FedAvg's over the same rounds, sparsity (%)."""
-    base = record_at(runs["FedAvg"], rnd)["cum_gib"] if "FedAvg" in runs else None
     rows = []
     for name, doc in runs.items():
         r = record_at(doc, rnd)
+        base = record_at(runs["FedAvg"], r["round"])["cum_gib"] if "FedAvg" in runs else None  # same rounds
         sparsity = r.get("sparsity")
         rows.append({"method": name, "round": r["round"], "global_acc": 100 * r["global_acc"],
                      "local_acc": 100 * r["local_acc"], "cum_gib": r["cum_gib"],
                      "comm_vs_fedavg": r["cum_gib"] / base if base else None,
                      "sparsity": None if sparsity is None else 100 * sparsity})
     return rows
+
+
+def cut(doc: dict, max_round) -> dict:
+    """The run with only its records up to round ``max_round`` (all of them for ``None``)."""
+    if max_round is None:
+        return doc
+    return {**doc, "records": [r for r in doc["records"] if r["round"] <= max_round]}
+
+
+def gib_to_reach(doc: dict, metric: str, level: float):
+    """GiB communicated (up + down) at the first evaluation where ``metric`` reaches ``level``;
+    ``None`` if the run never does.  Compares methods by what accuracy costs, at any run length."""
+    for r in doc["records"]:
+        if r.get(metric) is not None and r[metric] >= level:
+            return r["cum_gib"]
+    return None
 
 
 def format_comparison(rows: list, task: str) -> str:
