@@ -30,6 +30,18 @@ def test_image_folder_and_tarball_round_trip(tmp_path, fmt):
     assert torch.equal(again["train_x"], arrays["train_x"])
 
 
+def test_caches_of_an_earlier_version_are_not_read(tmp_path):
+    """A version-1 cache may hold an incompletely unpacked test set: it must be ignored."""
+    made = cifar.make_tiny_cifar10(tmp_path / "d", per_class=2, test_per_class=2, fmt="tarball")
+    key = cifar._key(tmp_path / "d" / cifar.TARBALL)
+    (tmp_path / "cache").mkdir()
+    torch.save({"train_x": torch.zeros(1, 3, 32, 32, dtype=torch.uint8), "train_y": torch.zeros(1, dtype=torch.int64),
+                "test_x": torch.zeros(1, 3, 32, 32, dtype=torch.uint8), "test_y": torch.zeros(1, dtype=torch.int64)},
+               tmp_path / "cache" / f"cifar10-{key}.pt")
+    arrays = cifar.load_cifar10_arrays(tmp_path / "d")
+    assert arrays["test_y"].tolist() == made["test_y"].tolist() and len(arrays["train_y"]) == 20
+
+
 def test_runs_started_together_unpack_the_tarball_once_without_tripping(tmp_path):
     """Two runs on a fresh machine unpack at the same time: each works in its own temporary
     folder, one rename wins, both read the same images, and no temporary folder is left."""
@@ -37,7 +49,7 @@ def test_runs_started_together_unpack_the_tarball_once_without_tripping(tmp_path
 
     cifar.make_tiny_cifar10(tmp_path / "d", per_class=2, test_per_class=1, fmt="tarball")
     tarball = tmp_path / "d" / cifar.TARBALL
-    stale = tmp_path / "cache" / f"cifar10-jpeg-{cifar._key(tarball)}"
+    stale = tmp_path / "cache" / f"cifar10-jpeg-v{cifar.CACHE_VERSION}-{cifar._key(tarball)}"
     (stale / "train").mkdir(parents=True)  # half-made by an interrupted run: no .complete
     roots, errors = [], []
 

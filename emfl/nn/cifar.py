@@ -60,6 +60,11 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 TARBALL = "cifar10_jpeg_imagefolder.tar.gz"
 
 
+# Bumped whenever a cache made by an earlier version may be wrong: version 1 caches could hold an
+# incompletely unpacked test set when two runs unpacked the tarball at the same time.
+CACHE_VERSION = 2
+
+
 def _key(path: Path) -> str:
     st = path.stat()
     return hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
@@ -102,7 +107,7 @@ def _unpack_tarball(tarball: Path) -> Path:
     import shutil
     import tempfile
 
-    dest = cache_dir() / f"cifar10-jpeg-{_key(tarball)}"
+    dest = cache_dir() / f"cifar10-jpeg-v{CACHE_VERSION}-{_key(tarball)}"
     done = dest / ".complete"
     if done.exists():
         return dest
@@ -162,7 +167,7 @@ def load_cifar10_arrays(data_dir=None, download: bool = False) -> dict:
             source = root / "cifar-10-batches-py"
             reader = lambda: _read_torchvision(root, download)  # noqa: E731
     key = _key(source) if source.exists() else "download"
-    cached = cache_dir() / f"cifar10-{key}.pt"
+    cached = cache_dir() / f"cifar10-v{CACHE_VERSION}-{key}.pt"
     if cached.exists() and key != "download":
         try:
             arrays = torch.load(cached, weights_only=True)
@@ -172,7 +177,7 @@ def load_cifar10_arrays(data_dir=None, download: bool = False) -> dict:
             cached.unlink(missing_ok=True)
     arrays = reader()
     if source.exists():
-        atomic_save(arrays, cache_dir() / f"cifar10-{_key(source)}.pt")
+        atomic_save(arrays, cache_dir() / f"cifar10-v{CACHE_VERSION}-{_key(source)}.pt")
     arrays["source"] = str(source)
     return arrays
 
