@@ -271,3 +271,14 @@ def test_history_loading_and_plotting(tmp_path):
         history.load_history(tmp_path / "other.json")
     with pytest.raises(KeyError, match="unknown metric 'accuracy'"):
         history.column(doc, "accuracy")
+
+
+def test_local_model_ages_by_hand():
+    """Two clients, one a round: both are sampled every round, so the last models are 0 rounds
+    old; with 10 clients and 1 a round over 3 rounds, 3 clients are seen, 2, 1 and 0 rounds ago."""
+    from emfl.nn.engine import local_model_ages, sample_clients
+
+    assert sorted(local_model_ages(0, 4, 2, 2).tolist()) == [0, 0]
+    ages = local_model_ages(0, 3, 10, 1)
+    firsts = [int(sample_clients(0, r, 10, 1)[0]) for r in range(3)]
+    assert len(set(firsts)) == len(ages) and (len(ages) < 3 or sorted(ages.tolist()) == [0, 1, 2])

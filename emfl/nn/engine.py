@@ -190,6 +190,22 @@ def _seed(*parts) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") & (2**63 - 1)
 
 
+def sample_clients(seed: int, rnd: int, num_clients: int, clients_per_round: int) -> np.ndarray:
+    """The clients of round ``rnd`` (0-based): drawn without replacement, seeded by (seed, round)."""
+    rng = np.random.default_rng(_seed(seed, "clients", rnd))
+    return rng.choice(num_clients, size=min(clients_per_round, num_clients), replace=False)
+
+
+def local_model_ages(seed: int, rounds: int, num_clients: int, clients_per_round: int) -> np.ndarray:
+    """For every client seen in the first ``rounds`` rounds, how many rounds old its last
+    communicated model is at the end: what local accuracy averages over."""
+    last = {}
+    for rnd in range(rounds):
+        for s in sample_clients(seed, rnd, num_clients, clients_per_round):
+            last[int(s)] = rnd + 1
+    return np.array([rounds - r for r in last.values()])
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -262,9 +278,7 @@ class Engine:
 
     # ------------------------------------------------------------------ clients
     def sample_clients(self, rnd: int) -> np.ndarray:
-        rng = np.random.default_rng(_seed(self.config.seed, "clients", rnd))
-        k = min(self.config.clients_per_round, self.data.num_clients)
-        return rng.choice(self.data.num_clients, size=k, replace=False)
+        return sample_clients(self.config.seed, rnd, self.data.num_clients, self.config.clients_per_round)
 
     def _batches(self, s: int, gen: torch.Generator):
         x, y = self.data.train_x[s], self.data.train_y[s]
