@@ -37,24 +37,43 @@ def _figures(args) -> int:
     return 0
 
 
+def _explicit(argv, parser) -> set:
+    """The destinations of the options written out in ``argv`` (the parser allows no abbreviations)."""
+    given = set()
+    for action in parser._actions:
+        for opt in action.option_strings:
+            if any(a == opt or a.startswith(opt + "=") for a in argv):
+                given.add(action.dest)
+    return given
+
+
 def _run(args) -> int:
     from emfl.nn.data import DataError
-    from emfl.nn.engine import Diverged, RunConfig
-    from emfl.nn.runner import RunError, run
+    from emfl.nn.engine import PRESETS, Diverged, RunConfig, make_config
+    from emfl.nn.runner import Interrupted, RunError, checkpoint_path, run
 
-    from emfl.nn.engine import PRESETS
-
-    fields = {f: getattr(args, f) for f in RunConfig.__dataclass_fields__ if hasattr(args, f)}
-    fields.update(PRESETS.get(args.algo, {}))  # a named preset sets algo and its hyperparameters
+    # a setting a preset fixes is passed on only when written out, so that a clash can be seen
+    fixed = {k for preset in PRESETS.values() for k in preset}
+    settings = {f: getattr(args, f) for f in RunConfig.__dataclass_fields__
+                if hasattr(args, f) and f != "algo" and (f in args.explicit or f not in fixed)}
     try:
-        config = RunConfig(**fields)
+        config = make_config(args.algo, **settings)
+        if args.resume and not checkpoint_path(args.out).exists() and not Path(args.out).exists():
+            print(f"no checkpoint {checkpoint_path(args.out)} yet: starting from round 0", file=sys.stderr)
         doc = run(config, args.out, data_dir=args.data_dir, resume=args.resume, download=args.download,
                   progress=not args.quiet)
+    except Interrupted as err:
+        print(str(err), file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"interrupted; what finished is in {args.out} and its checkpoint: continue with --resume",
+              file=sys.stderr)
+        return 130
     except (ValueError, DataError, RunError, Diverged) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2 if not isinstance(err, Diverged) else 3
     last = doc["records"][-1] if doc["records"] else {}
-    print(f"{config.algo} on {config.task}: round {last.get('round')}, global accuracy "
+    print(f"{config.preset or config.algo} on {config.task}: round {last.get('round')}, global accuracy "
           f"{last.get('global_acc', float('nan')):.4f}, local accuracy {last.get('local_acc', float('nan')):.4f}, "
           f"{last.get('cum_gib', 0):.3f} GiB communicated; history in {args.out}")
     return 0
@@ -65,24 +84,30 @@ def _add_run_parser(sub):
     from emfl.nn.models import MODELS
 
     d = RunConfig()
-    p = sub.add_parser("run", help="a federated training run on CIFAR-10 or FEMNIST",
-                       description="Train with the EM paper's protocol; see emfl.nn.engine.")
-    p.add_argument("--task", choices=list(TASKS), default=d.task)
+    p = sub.add_parser("run", help="a federated training run on CIFAR-10 or FEMNIST", allow_abbrev=False,
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Train with the EM paper's protocol; see emfl.nn.engine. Ctrl-C (or SIGTERM) "
+                                   "ends the current round, saves it and exits with 130; --resume continues.")
+    p.add_argument("--task", choices=list(TASKS), default=d.task, help="data set")
     p.add_argument("--algo", choices=list(ALGORITHMS) + list(PRESETS), default=d.algo,
-                   help="an algorithm, or a preset: fedsparse-low/mid/high (lam0 = 5e-7, 5e-6, 5e-5)")
-    p.add_argument("--model", choices=list(MODELS), default=d.model)
-    p.add_argument("--rounds", type=int, default=d.rounds)
-    p.add_argument("--seed", type=int, default=d.seed)
+                   help="an algorithm, or a preset: fedsparse-low/mid/high (fedsparse with lam0 = 5e-7, 5e-6, "
+                        "5e-5; an explicit --lam0 that differs is an error)")
+    p.add_argument("--model", choices=list(MODELS), default=d.model, help="network")
+    p.add_argument("--rounds", type=int, default=d.rounds, help="rounds in all (with --resume: continue up to this)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the split, the model and every client")
     p.add_argument("--data-dir", default=None, help="folder with the data (default: $EMFL_DATA_DIR)")
     p.add_argument("--download", action="store_true", help="download CIFAR-10 (md5-checked) if not found")
     p.add_argument("--out", required=True, help="run history (.json); the checkpoint goes to OUT.ckpt")
-    p.add_argument("--resume", action="store_true", help="continue from OUT.ckpt")
-    p.add_argument("--clients-per-round", dest="clients_per_round", type=int, default=d.clients_per_round)
-    p.add_argument("--local-epochs", dest="local_epochs", type=int, default=d.local_epochs)
+    p.add_argument("--resume", action="store_true", help="continue from OUT.ckpt (starts afresh if neither exists)")
+    p.add_argument("--clients-per-round", dest="clients_per_round", type=int, default=d.clients_per_round,
+                   help="clients sampled each round")
+    p.add_argument("--local-epochs", dest="local_epochs", type=int, default=d.local_epochs,
+                   help="passes over its data a client makes each round")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=0, help="0: 64 (CIFAR-10), 20 (FEMNIST)")
-    p.add_argument("--client-lr", dest="client_lr", type=float, default=d.client_lr)
-    p.add_argument("--server-opt", dest="server_opt", choices=["adam", "sgd"], default=d.server_opt)
-    p.add_argument("--server-lr", dest="server_lr", type=float, default=d.server_lr)
+    p.add_argument("--client-lr", dest="client_lr", type=float, default=d.client_lr, help="client SGD learning rate")
+    p.add_argument("--server-opt", dest="server_opt", choices=["adam", "sgd"], default=d.server_opt,
+                   help="server optimiser on the difference gradient")
+    p.add_argument("--server-lr", dest="server_lr", type=float, default=d.server_lr, help="server learning rate")
     p.add_argument("--lam", type=float, default=d.lam, help="FedProx: proximal strength; FedL1: group-L1 strength")
     p.add_argument("--rho", type=float, default=d.rho, help="FedPA: shrinkage")
     p.add_argument("--drop-conv", dest="drop_conv", type=float, default=d.drop_conv, help="FedDrop: conv drop rate")
@@ -92,20 +117,24 @@ def _add_run_parser(sub):
     p.add_argument("--sparse-reg", dest="sparse_reg", choices=["batch", "example"], default=d.sparse_reg,
                    help="FedSparse: lam0 and the gate cross-entropy added to the mean batch loss (batch) "
                         "or divided by the client's size (example, Eq. 41 / N_s)")
-    p.add_argument("--fedpa-burnin-rounds", dest="fedpa_burnin_rounds", type=int, default=d.fedpa_burnin_rounds)
+    p.add_argument("--fedpa-burnin-rounds", dest="fedpa_burnin_rounds", type=int, default=d.fedpa_burnin_rounds,
+                   help="FedPA: rounds run as FedAvg first")
     p.add_argument("--alpha", type=float, default=d.alpha, help="CIFAR-10 split: Dirichlet alpha (Hsu et al.)")
     p.add_argument("--test-split", dest="test_split", choices=["matched", "disjoint"], default=d.test_split,
                    help="CIFAR-10 shard test sets: matched to each shard's classes, or the earlier disjoint draw")
-    p.add_argument("--num-shards", dest="num_shards", type=int, default=d.num_shards)
-    p.add_argument("--shard-size", dest="shard_size", type=int, default=d.shard_size)
+    p.add_argument("--num-shards", dest="num_shards", type=int, default=d.num_shards, help="CIFAR-10: clients")
+    p.add_argument("--shard-size", dest="shard_size", type=int, default=d.shard_size,
+                   help="CIFAR-10: training images per client")
     p.add_argument("--max-writers", dest="max_writers", type=int, default=d.max_writers, help="FEMNIST: first k writers (0: all)")
-    p.add_argument("--eval-every", dest="eval_every", type=int, default=d.eval_every)
-    p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=d.checkpoint_every)
+    p.add_argument("--eval-every", dest="eval_every", type=int, default=d.eval_every,
+                   help="rounds between evaluations (each one rewrites the history)")
+    p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=d.checkpoint_every,
+                   help="rounds between checkpoints (kill -9 loses at most this many)")
     p.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu, cuda")
     p.add_argument("--client-batching", dest="client_batching", choices=["auto", "loop", "vmap"],
                    default=d.client_batching, help="train a round's clients one by one or batched (auto: batched on CUDA)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=_run, parser=p)
 
 
 def _femnist_npz(args) -> int:
@@ -133,7 +162,10 @@ def main(argv=None) -> int:
     fig = sub.add_parser("figures", help="re-run every tutorial so that figures/ is rewritten")
     fig.add_argument("--tutorials", default="tutorials", help="folder of the notebooks")
     fig.set_defaults(func=_figures)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    if getattr(args, "parser", None) is not None:
+        args.explicit = _explicit(argv, args.parser)
     return args.func(args)
 
 

@@ -133,8 +133,8 @@ def test_resume_is_bit_identical(tmp_path):
     straight = run(RunConfig(rounds=4, **cfg), tmp_path / "a.json", data=data, progress=False)
     run(RunConfig(rounds=2, **cfg), tmp_path / "b.json", data=data, progress=False)
     resumed = run(RunConfig(rounds=4, **cfg), tmp_path / "b.json", data=data, resume=True, progress=False)
-    wa = torch.load(checkpoint_path(tmp_path / "a.json"), weights_only=False)["w"]
-    wb = torch.load(checkpoint_path(tmp_path / "b.json"), weights_only=False)["w"]
+    wa = torch.load(checkpoint_path(tmp_path / "a.json"), weights_only=True)["w"]
+    wb = torch.load(checkpoint_path(tmp_path / "b.json"), weights_only=True)["w"]
     assert torch.equal(wa, wb)
     strip = lambda recs: [{k: v for k, v in r.items() if k != "seconds"} for r in recs]  # noqa: E731
     assert strip(straight["records"]) == strip(resumed["records"])
@@ -153,7 +153,7 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypat
     with pytest.raises(Diverged, match=r"round 3: .*no longer finite.*last good checkpoint \(round 2\)"):
         run(RunConfig(rounds=5, clients_per_round=2, batch_size=4, eval_every=1, checkpoint_every=1), out,
             data=data, progress=False)
-    assert torch.load(checkpoint_path(out), weights_only=False)["round"] == 2
+    assert torch.load(checkpoint_path(out), weights_only=True)["round"] == 2
     assert [r["round"] for r in json.loads(out.read_text())["records"]] == [1, 2]
 
 
@@ -199,11 +199,30 @@ def test_run_refuses_to_lose_work(tmp_path):
         run(RunConfig(rounds=1, clients_per_round=2), out, data=data, progress=False)
     with pytest.raises(RunError, match="other settings \\(seed\\)"):
         run(RunConfig(rounds=2, clients_per_round=2, seed=5), out, data=data, resume=True, progress=False)
-    with pytest.raises(RunError, match="nothing to resume"):
-        run(RunConfig(rounds=1), tmp_path / "none.json", data=data, resume=True, progress=False)
+    # a history whose checkpoint is gone cannot be continued, and the error says what to do
+    lone = tmp_path / "lone.json"
+    lone.write_text(out.read_text())
+    with pytest.raises(RunError, match="has no checkpoint .* choose another --out"):
+        run(RunConfig(rounds=2, clients_per_round=2), lone, data=data, resume=True, progress=False)
     with pytest.raises(RunError, match="must name a .json file"):
         run(RunConfig(rounds=1), tmp_path / "r.txt", data=data, progress=False)
     checkpoint_path(out).write_bytes(b"not a checkpoint")
+    with pytest.raises(RunError, match="cannot be read"):
+        run(RunConfig(rounds=2, clients_per_round=2), out, data=data, resume=True, progress=False)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (exec, ("raise SystemExit('code from a checkpoint ran')",))
+
+
+def test_a_checkpoint_cannot_run_code(tmp_path):
+    data = tiny_federation(clients=3, n=4, m=2)
+    out = tmp_path / "r.json"
+    run(RunConfig(rounds=1, clients_per_round=2), out, data=data, progress=False)
+    state = torch.load(checkpoint_path(out), weights_only=True)
+    state["payload"] = _Payload()
+    torch.save(state, checkpoint_path(out))
     with pytest.raises(RunError, match="cannot be read"):
         run(RunConfig(rounds=2, clients_per_round=2), out, data=data, resume=True, progress=False)
 

@@ -81,8 +81,8 @@ def test_fedsparse_resume_is_bit_identical(tmp_path):
     run(RunConfig(rounds=3, **cfg), tmp_path / "a.json", data=data, progress=False)
     run(RunConfig(rounds=1, **cfg), tmp_path / "b.json", data=data, progress=False)
     run(RunConfig(rounds=3, **cfg), tmp_path / "b.json", data=data, resume=True, progress=False)
-    a = torch.load(checkpoint_path(tmp_path / "a.json"), weights_only=False)
-    b = torch.load(checkpoint_path(tmp_path / "b.json"), weights_only=False)
+    a = torch.load(checkpoint_path(tmp_path / "a.json"), weights_only=True)
+    b = torch.load(checkpoint_path(tmp_path / "b.json"), weights_only=True)
     assert torch.equal(a["w"], b["w"]) and torch.equal(a["v"], b["v"])
 
 

@@ -49,7 +49,7 @@ from emfl.nn.groups import group_norms
 from emfl.nn.models import make_model
 from emfl.optim import make_optimizer
 
-__all__ = ["RunConfig", "Engine", "ALGORITHMS", "TASKS", "Diverged", "state_vector", "load_state_vector"]
+__all__ = ["RunConfig", "make_config", "Engine", "ALGORITHMS", "TASKS", "Diverged", "state_vector", "load_state_vector"]
 
 ALGORITHMS = ("fedavg", "fedprox", "fedpa", "fedsparse", "fedl1", "feddrop")
 # named presets: the paper's FedSparse settings (lam0 for low / mid / high sparsity)
@@ -108,12 +108,13 @@ class RunConfig:
     shard_size: int = 500  # CIFAR-10
     max_writers: int = 0  # FEMNIST: keep the first k writers (0: all)
     eval_every: int = 10
-    checkpoint_every: int = 50
+    checkpoint_every: int = 1  # a kill -9 loses at most this many rounds
     device: str = "auto"
     client_batching: str = "auto"  # loop | vmap | auto (vmap on CUDA when it applies, else loop)
+    preset: str = ""  # the preset name the run was asked for (fedsparse-low|mid|high), "" for none
 
     # fields that may differ between a checkpoint and the run that resumes it
-    RESUMABLE = ("rounds", "eval_every", "checkpoint_every", "device", "client_batching")
+    RESUMABLE = ("rounds", "eval_every", "checkpoint_every", "device", "client_batching", "preset")
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -155,6 +156,13 @@ class RunConfig:
             raise ValueError(f"client_batching must be auto, loop or vmap; got {self.client_batching!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu or cuda[:N]; got {self.device!r}")
+        if self.preset:
+            if self.preset not in PRESETS:
+                raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+            clash = [f"{k} = {getattr(self, k)!r}" for k, v in PRESETS[self.preset].items() if getattr(self, k) != v]
+            if clash:
+                raise ValueError(f"preset {self.preset} sets {_settings(PRESETS[self.preset])}, "
+                                 f"but the config has {', '.join(clash)}")
         if self.batch_size == 0:
             self.batch_size = TASKS[self.task]["batch_size"]
 
@@ -164,6 +172,25 @@ class RunConfig:
     def differences(self, other: "RunConfig") -> list:
         a, b = self.to_dict(), other.to_dict()
         return [k for k in a if k not in self.RESUMABLE and a[k] != b[k]]
+
+
+def _settings(d: dict) -> str:
+    return ", ".join(f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v}" for k, v in d.items())
+
+
+def make_config(algo: str = "fedavg", **settings) -> RunConfig:
+    """The :class:`RunConfig` for ``algo``, an algorithm or a preset name, and the settings given
+    explicitly.  A preset (``fedsparse-low|mid|high``) fixes the algorithm and ``lam0``; an
+    explicit setting that contradicts it is an error naming both.  The config records the preset."""
+    if algo not in PRESETS:
+        return RunConfig(algo=algo, **settings)
+    preset = PRESETS[algo]
+    for key, value in preset.items():
+        if key in settings and settings[key] != value:
+            flag = "--" + key.replace("_", "-")
+            raise ValueError(f"{flag} {settings[key]!r} contradicts --algo {algo}, which sets {key} = "
+                             f"{value!r}: drop {flag}, or use --algo {preset['algo']} {flag} {settings[key]!r}")
+    return RunConfig(**{**settings, **preset, "preset": algo})
 
 
 def _state_tensors(model):
@@ -258,7 +285,7 @@ class Engine:
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
         return {"config": self.config.to_dict(), "round": self.round, "w": self.w.cpu(),
-                "opt_state": _to_cpu(self.opt_state), "local_acc": self.local_acc.copy(),
+                "opt_state": _to_cpu(self.opt_state), "local_acc": torch.from_numpy(self.local_acc.copy()),
                 "bytes_down": self.bytes_down, "bytes_up": self.bytes_up, "seconds": self.seconds,
                 "history": list(self.history),
                 **({"v": self.v.cpu(), "v_state": _to_cpu(self.v_state)} if self.v is not None else {})}
@@ -267,7 +294,7 @@ class Engine:
         self.round = int(state["round"])
         self.w = state["w"].to(self.device)
         self.opt_state = _to_device(state["opt_state"], self.device)
-        self.local_acc = np.asarray(state["local_acc"], dtype=float).copy()
+        self.local_acc = torch.as_tensor(state["local_acc"], dtype=torch.float64).numpy().copy()
         self.bytes_down = int(state["bytes_down"])
         self.bytes_up = int(state["bytes_up"])
         self.seconds = float(state["seconds"])

@@ -5,11 +5,15 @@
 * ``out`` (JSON): the config, the hardware, the data split and one record per evaluated round
   (round, global_acc, local_acc, bytes_down, bytes_up, cum_gib, seconds, train_loss), rewritten
   atomically after every evaluation;
-* ``out`` + ``.ckpt``: the server state every ``checkpoint_every`` rounds and at the end, so that
-  ``resume=True`` continues, bit for bit on the same device, where the last checkpoint stopped.
+* ``out`` + ``.ckpt``: the server state every ``checkpoint_every`` rounds (default: every round),
+  at every evaluation and at the end, so that ``resume=True`` continues, bit for bit on the same
+  device, where the last checkpoint stopped.  It is written before the JSON, so the history is
+  never ahead of it, and read with ``weights_only=True`` (a checkpoint cannot run code).
 
-A run that diverges stops with :class:`~emfl.nn.engine.Diverged`, leaving its last good
-checkpoint and history in place.
+SIGINT (Ctrl-C) or SIGTERM end the current round, write both files and raise
+:class:`Interrupted`; ``kill -9`` at any moment loses at most ``checkpoint_every`` rounds.  A run
+that diverges stops with :class:`~emfl.nn.engine.Diverged`, leaving its last good checkpoint and
+history in place.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -77,27 +83,82 @@ def _document(engine: Engine, complete: bool) -> dict:
             "data": info, "complete": complete, "records": engine.history}
 
 
+class Interrupted(RuntimeError):
+    """A run stopped by SIGINT or SIGTERM after finishing a round; its checkpoint and history are
+    written, and ``--resume`` continues it."""
+
+    def __init__(self, round: int, out):
+        self.round = round
+        super().__init__(f"interrupted after round {round}; continue with --resume ({out})")
+
+
+class _StopRequests:
+    """While active, SIGINT and SIGTERM ask the loop to stop after the current round instead of
+    killing the process.  A second SIGINT stops at once (the last checkpoint stays valid)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def _load_checkpoint(ckpt: Path) -> dict:
+    """A checkpoint, read without unpickling code (``weights_only=True``)."""
+    try:
+        state = torch.load(ckpt, weights_only=True)
+        if not isinstance(state, dict) or "round" not in state or "config" not in state:
+            raise ValueError("it holds no run state")
+        return state
+    except Exception as err:
+        raise RunError(f"the checkpoint {ckpt} cannot be read ({str(err).splitlines()[0][:200]}); "
+                       f"delete it (and {ckpt.with_suffix('')}) to start afresh") from None
+
+
 def run(config: RunConfig, out, data_dir=None, resume: bool = False, download: bool = False,
         data=None, progress: bool = True) -> dict:
-    """Run (or, with ``resume``, continue) a federated training run; returns the JSON document."""
+    """Run (or, with ``resume``, continue) a federated training run; returns the JSON document.
+
+    The checkpoint is written every ``checkpoint_every`` rounds, at every evaluation and at the
+    end, always before the JSON history, so the history is never ahead of the checkpoint (and a
+    resume rewrites it from the checkpoint's own copy).  SIGINT or SIGTERM end the current round,
+    write both and raise :class:`Interrupted`."""
     out = Path(out)
     ckpt = checkpoint_path(out)
     if out.suffix != ".json":
         raise RunError(f"--out must name a .json file; got {out}")
     state = None
-    if resume:
-        if not ckpt.exists():
-            raise RunError(f"nothing to resume: no checkpoint {ckpt}; run without --resume to start")
+    if resume and ckpt.exists():
+        state = _load_checkpoint(ckpt)
         try:
-            state = torch.load(ckpt, weights_only=False)
-        except Exception as err:
-            raise RunError(f"the checkpoint {ckpt} cannot be read ({err}); delete it to start afresh") from None
-        saved = RunConfig(**state["config"])
+            saved = RunConfig(**state["config"])
+        except (TypeError, ValueError) as err:
+            raise RunError(f"the checkpoint {ckpt} holds settings this version cannot use ({err}); "
+                           "choose another --out to start afresh") from None
         diff = config.differences(saved)
         if diff:
             raise RunError(f"the checkpoint {ckpt} was made with other settings ({', '.join(diff)}); "
                            "resume with the same settings or choose another --out")
-    elif out.exists() or ckpt.exists():
+    elif resume and out.exists():
+        raise RunError(f"{out} has no checkpoint {ckpt} to continue from; choose another --out to start "
+                       "afresh (or delete the history to start this one again)")
+    elif not resume and (out.exists() or ckpt.exists()):
         raise RunError(f"{out} or its checkpoint already exists: pass --resume to continue it, "
                        "or choose another --out (finished work is never overwritten)")
     if data is None:
@@ -105,41 +166,49 @@ def run(config: RunConfig, out, data_dir=None, resume: bool = False, download: b
     engine = Engine(config, data)
     if state is not None:
         engine.load_state_dict(state)
+
+    def save(complete: bool):
+        atomic_save(engine.state_dict(), ckpt)  # first the checkpoint, then the history
+        write_json_atomic(_document(engine, complete), out)
+
+    if state is None or engine.round >= config.rounds:
+        save(complete=engine.round >= config.rounds)  # both files exist from the start
         if engine.round >= config.rounds:
-            doc = _document(engine, complete=True)
-            write_json_atomic(doc, out)
-            return doc
+            return _document(engine, complete=True)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=config.rounds, initial=engine.round, desc=f"{config.algo} {config.task}", unit="round")
     try:
-        while engine.round < config.rounds:
-            try:
-                info = engine.run_round()
-            except Diverged as err:
-                last = torch.load(ckpt, weights_only=False)["round"] if ckpt.exists() else None
-                where = f"the last good checkpoint (round {last}) is {ckpt}" if last is not None else "no checkpoint was written yet"
-                raise Diverged(f"{err}; {where}; the history so far is in {out}") from None
-            r = engine.round
-            if r % config.eval_every == 0 or r == config.rounds:
-                rec = engine.evaluate(info)
-                write_json_atomic(_document(engine, complete=r == config.rounds), out)
+        with _StopRequests() as stop:
+            while engine.round < config.rounds:
+                try:
+                    info = engine.run_round()
+                except Diverged as err:
+                    last = _load_checkpoint(ckpt)["round"]
+                    raise Diverged(f"{err}; the last good checkpoint (round {last}) is {ckpt}; "
+                                   f"the history so far is in {out}") from None
+                r = engine.round
+                evaluated = r % config.eval_every == 0 or r == config.rounds
+                if evaluated:
+                    rec = engine.evaluate(info)
+                    if bar is not None:
+                        bar.set_postfix(global_acc=f"{rec['global_acc']:.3f}", local_acc=f"{rec['local_acc']:.3f}",
+                                        gib=f"{rec['cum_gib']:.2f}")
+                if evaluated or stop.requested or r % config.checkpoint_every == 0:
+                    save(complete=r == config.rounds)
                 if bar is not None:
-                    bar.set_postfix(global_acc=f"{rec['global_acc']:.3f}", local_acc=f"{rec['local_acc']:.3f}",
-                                    gib=f"{rec['cum_gib']:.2f}")
-            if r % config.checkpoint_every == 0 or r == config.rounds:
-                atomic_save(engine.state_dict(), ckpt)
-            if bar is not None:
-                bar.update(1)
+                    bar.update(1)
+                if stop.requested and r < config.rounds:
+                    raise Interrupted(r, out)
     finally:
         if bar is not None:
             bar.close()
     return _document(engine, complete=True)
 
 
-__all__ += ["DataError", "Diverged"]
+__all__ += ["DataError", "Diverged", "Interrupted"]
 
 
 def data_or_generated(config: RunConfig, data_dir=None) -> tuple:
