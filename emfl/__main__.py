@@ -48,14 +48,15 @@ def _explicit(argv, parser) -> set:
 
 
 def _run(args) -> int:
+    from emfl.nn.config import GENERIC_FIELDS, make_config
     from emfl.nn.data import DataError
-    from emfl.nn.engine import PRESETS, Diverged, RunConfig, make_config
+    from emfl.nn.engine import Diverged
     from emfl.nn.runner import Interrupted, RunError, checkpoint_path, run
 
-    # a setting a preset fixes is passed on only when written out, so that a clash can be seen
-    fixed = {k for preset in PRESETS.values() for k in preset}
-    settings = {f: getattr(args, f) for f in RunConfig.__dataclass_fields__
-                if hasattr(args, f) and f != "algo" and (f in args.explicit or f not in fixed)}
+    # run settings go as parsed; an algorithm's settings only when written out, so that a setting
+    # the algorithm does not have, or one that contradicts a preset, can be seen
+    settings = {f: getattr(args, f) for f in GENERIC_FIELDS if hasattr(args, f) and f != "algo"}
+    settings.update({f: getattr(args, f) for f in args.algorithm_settings if f in args.explicit})
     try:
         config = make_config(args.algo, **settings)
         if args.resume and not checkpoint_path(args.out).exists() and not Path(args.out).exists():
@@ -79,8 +80,26 @@ def _run(args) -> int:
     return 0
 
 
+def _algorithm_settings() -> dict:
+    """Every registered algorithm's settings: name -> (default, help, choices), the help naming
+    the algorithms that have it."""
+    from emfl.nn.algorithms import ALGORITHMS
+    from emfl.nn.algorithms.base import settings_of
+
+    found = {}
+    for algo in ALGORITHMS.values():
+        for name, default, text, choices in settings_of(algo.Params):
+            if name in found and found[name][0] != default:
+                raise ValueError(f"the setting {name} has different defaults in different algorithms; "
+                                 "give it one default or another name")
+            old = found.get(name, (default, [], choices))
+            found[name] = (default, old[1] + [f"{algo.title}: {text}"], choices)
+    return {name: (default, "; ".join(texts), choices) for name, (default, texts, choices) in found.items()}
+
+
 def _add_run_parser(sub):
-    from emfl.nn.engine import ALGORITHMS, PRESETS, TASKS, RunConfig
+    from emfl.nn.algorithms import ALGORITHMS, PRESETS
+    from emfl.nn.config import TASKS, RunConfig
     from emfl.nn.models import MODELS
 
     d = RunConfig()
@@ -89,9 +108,11 @@ def _add_run_parser(sub):
                        description="Train with the EM paper's protocol; see emfl.nn.engine. Ctrl-C (or SIGTERM) "
                                    "ends the current round, saves it and exits with 130; --resume continues.")
     p.add_argument("--task", choices=list(TASKS), default=d.task, help="data set")
+    presets = "; ".join(f"{name} ({', '.join(f'{k} = {v}' for k, v in fixed.items())})"
+                        for name, fixed in PRESETS.items())
     p.add_argument("--algo", choices=list(ALGORITHMS) + list(PRESETS), default=d.algo,
-                   help="an algorithm, or a preset: fedsparse-low/mid/high (fedsparse with lam0 = 5e-7, 5e-6, "
-                        "5e-5; an explicit --lam0 that differs is an error)")
+                   help=f"an algorithm (emfl.nn.algorithms), or a preset: {presets}; an explicit setting "
+                        "that differs from its preset is an error")
     p.add_argument("--model", choices=list(MODELS), default=d.model, help="network")
     p.add_argument("--rounds", type=int, default=d.rounds, help="rounds in all (with --resume: continue up to this)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the split, the model and every client")
@@ -108,17 +129,6 @@ def _add_run_parser(sub):
     p.add_argument("--server-opt", dest="server_opt", choices=["adam", "sgd"], default=d.server_opt,
                    help="server optimiser on the difference gradient")
     p.add_argument("--server-lr", dest="server_lr", type=float, default=d.server_lr, help="server learning rate")
-    p.add_argument("--lam", type=float, default=d.lam, help="FedProx: proximal strength; FedL1: group-L1 strength")
-    p.add_argument("--rho", type=float, default=d.rho, help="FedPA: shrinkage")
-    p.add_argument("--drop-conv", dest="drop_conv", type=float, default=d.drop_conv, help="FedDrop: conv drop rate")
-    p.add_argument("--drop-fc", dest="drop_fc", type=float, default=d.drop_fc, help="FedDrop: hidden fc drop rate")
-    p.add_argument("--drop-io", dest="drop_io", type=float, default=d.drop_io, help="FedDrop: input/output layer drop rate")
-    p.add_argument("--lam0", type=float, default=d.lam0, help="FedSparse: L0 strength (5e-7 low, 5e-6 mid, 5e-5 high)")
-    p.add_argument("--sparse-reg", dest="sparse_reg", choices=["batch", "example"], default=d.sparse_reg,
-                   help="FedSparse: lam0 and the gate cross-entropy added to the mean batch loss (batch) "
-                        "or divided by the client's size (example, Eq. 41 / N_s)")
-    p.add_argument("--fedpa-burnin-rounds", dest="fedpa_burnin_rounds", type=int, default=d.fedpa_burnin_rounds,
-                   help="FedPA: rounds run as FedAvg first")
     p.add_argument("--alpha", type=float, default=d.alpha, help="CIFAR-10 split: Dirichlet alpha (Hsu et al.)")
     p.add_argument("--test-split", dest="test_split", choices=["matched", "disjoint"], default=d.test_split,
                    help="CIFAR-10 shard test sets: matched to each shard's classes, or the earlier disjoint draw")
@@ -134,7 +144,12 @@ def _add_run_parser(sub):
     p.add_argument("--client-batching", dest="client_batching", choices=["auto", "loop", "vmap"],
                    default=d.client_batching, help="train a round's clients one by one or batched (auto: batched on CUDA)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_run, parser=p)
+    settings = _algorithm_settings()
+    group = p.add_argument_group("settings of the algorithms", "each algorithm takes only its own")
+    for name, (default, text, choices) in settings.items():
+        group.add_argument("--" + name.replace("_", "-"), dest=name, type=type(default), default=default,
+                           choices=choices, help=text)
+    p.set_defaults(func=_run, parser=p, algorithm_settings=list(settings))
 
 
 def _femnist_npz(args) -> int:

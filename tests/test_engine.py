@@ -11,7 +11,7 @@ import torch
 from torch.nn import functional as F
 
 from emfl.nn import engine as eng
-from emfl.nn.engine import Diverged, Engine, RunConfig, load_state_vector, state_vector
+from emfl.nn.engine import ALGORITHMS, Diverged, Engine, RunConfig, load_state_vector, state_vector
 from emfl.nn.models import MODELS, make_model, num_parameters
 from emfl.nn.runner import RunError, checkpoint_path, run
 
@@ -133,8 +133,8 @@ def test_resume_is_bit_identical(tmp_path):
     straight = run(RunConfig(rounds=4, **cfg), tmp_path / "a.json", data=data, progress=False)
     run(RunConfig(rounds=2, **cfg), tmp_path / "b.json", data=data, progress=False)
     resumed = run(RunConfig(rounds=4, **cfg), tmp_path / "b.json", data=data, resume=True, progress=False)
-    wa = torch.load(checkpoint_path(tmp_path / "a.json"), weights_only=True)["w"]
-    wb = torch.load(checkpoint_path(tmp_path / "b.json"), weights_only=True)["w"]
+    wa = torch.load(checkpoint_path(tmp_path / "a.json"), weights_only=True)["server"]["w"]
+    wb = torch.load(checkpoint_path(tmp_path / "b.json"), weights_only=True)["server"]["w"]
     assert torch.equal(wa, wb)
     strip = lambda recs: [{k: v for k, v in r.items() if k != "seconds"} for r in recs]  # noqa: E731
     assert strip(straight["records"]) == strip(resumed["records"])
@@ -142,13 +142,16 @@ def test_resume_is_bit_identical(tmp_path):
 
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     data = tiny_federation(clients=4, n=8, m=2)
-    real = Engine.client_update
+    from emfl.nn.algorithms.fedavg import FedAvg
+    from emfl.nn.messages import Dense
 
-    def poisoned(self, s, rnd):
-        delta, loss, up = real(self, s, rnd)
-        return (delta * float("nan") if rnd == 2 else delta), loss, up
+    real = FedAvg.client_update
 
-    monkeypatch.setattr(Engine, "client_update", poisoned)
+    def poisoned(self, msg, job):
+        result = real(self, msg, job)
+        return result._replace(up=Dense(result.up.values * float("nan"))) if job.rnd == 2 else result
+
+    monkeypatch.setattr(FedAvg, "client_update", poisoned)
     out = tmp_path / "nan.json"
     with pytest.raises(Diverged, match=r"round 3: .*no longer finite.*last good checkpoint \(round 2\)"):
         run(RunConfig(rounds=5, clients_per_round=2, batch_size=4, eval_every=1, checkpoint_every=1), out,
@@ -182,7 +185,8 @@ def test_fedpa_burn_in_rounds_are_fedavg_and_fedpa_runs():
         (dict(client_lr=-0.1), "client_lr must be a positive number"),
         (dict(algo="fedprox"), "fedprox needs --lam > 0"),
         (dict(algo="fedpa", local_epochs=1), "fedpa needs --local-epochs >= 2"),
-        (dict(rho=-1.0), "rho must be a number >= 0"),
+        (dict(algo="fedpa", local_epochs=2, rho=-1.0), "rho must be a number >= 0"),
+        (dict(rho=0.1), "fedavg has no setting 'rho' .*rho is a setting of fedpa"),
         (dict(device="tpu"), "device must be auto, cpu or cuda"),
     ],
 )
@@ -246,20 +250,44 @@ def test_cli_errors(tmp_path, capsys):
     assert out.returncode == 2 and "invalid choice: 'svhn'" in out.stderr
 
 
-@pytest.mark.parametrize("algo, extra", [("fedavg", {}), ("fedprox", {"lam": 0.5})])
-def test_batched_clients_equal_the_loop(algo, extra):
-    """The vmap path (used on CUDA) trains the same batches with the same SGD as the loop."""
+# settings an algorithm needs to run at all (the others run with their defaults)
+NEEDS = {"fedprox": {"lam": 0.5}, "fedl1": {"lam": 0.01}, "fedpa": {"local_epochs": 2}}
+
+
+@pytest.mark.parametrize("algo", [name for name, a in ALGORITHMS.items() if a.pure_client])
+def test_batched_clients_equal_the_loop(algo):
+    """The vmap path (used on CUDA) trains the same batches with the same SGD as the loop, for
+    every algorithm that declares its client update pure."""
     data = tiny_federation(clients=5, n=20, m=4)
-    base = dict(algo=algo, rounds=1, clients_per_round=3, batch_size=8, server_opt="sgd", server_lr=1.0, **extra)
+    base = dict(algo=algo, rounds=2, clients_per_round=3, batch_size=8, server_opt="sgd", server_lr=1.0,
+                **NEEDS.get(algo, {}))
     loop = Engine(RunConfig(client_batching="loop", **base), data)
     vmapped = Engine(RunConfig(client_batching="vmap", **base), data)
-    loop.run_round()
-    vmapped.run_round()
+    for _ in range(2):  # the second round starts from what the first left (control variates)
+        a, b = loop.run_round(), vmapped.run_round()
     assert vmapped.uses_vmap(vmapped.sample_clients(0)) and not loop.uses_vmap(loop.sample_clients(0))
     assert torch.allclose(loop.w, vmapped.w, atol=1e-5)
+    for key, value in loop.server.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.allclose(value, vmapped.server[key], atol=1e-5), key
+    assert loop.memory.keys() == vmapped.memory.keys()
+    assert all(torch.allclose(loop.memory[s], vmapped.memory[s], atol=1e-4) for s in loop.memory)
     assert np.allclose(loop.local_acc, vmapped.local_acc, equal_nan=True)
+    assert (loop.bytes_down, loop.bytes_up) == (vmapped.bytes_down, vmapped.bytes_up)
+    assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
     with pytest.raises(ValueError, match="client_batching=vmap needs"):
-        Engine(RunConfig(client_batching="vmap", model="resnet20", **base), data).run_round()
+        Engine(RunConfig(client_batching="vmap", **{**base, "model": "resnet20"}), data).run_round()
+
+
+def test_batched_clients_refused_where_the_client_is_not_pure():
+    data = tiny_federation(clients=4, n=16, m=4)
+    impure = [name for name, a in ALGORITHMS.items() if not a.pure_client]
+    assert impure  # FedSparse, FedDrop and FedPA train more than a pure loss
+    for algo in impure:
+        e = Engine(RunConfig(algo=algo, rounds=1, clients_per_round=2, client_batching="vmap",
+                             **NEEDS.get(algo, {})), data)
+        with pytest.raises(ValueError, match="client_batching=vmap needs an algorithm whose client update is pure"):
+            e.run_round()
 
 
 def test_history_loading_and_plotting(tmp_path):

@@ -5,17 +5,23 @@ import pytest
 import torch
 
 from emfl.nn import groups
-from emfl.nn.engine import Engine, RunConfig, SPARSE_PRUNE, _state_tensors, state_vector
-from emfl.nn.fedsparse import GateHooks, GroupMap, sparse_bytes
+from emfl.nn.algorithms.fedsparse import PRUNE
+from emfl.nn.engine import ClientJob, Engine, RunConfig, state_vector
+from emfl.nn.groups import GateHooks, GroupMap
 from emfl.nn.models import make_model
 from emfl.nn.runner import checkpoint_path, run
 
 from nn_helpers import tiny_federation
 
 
+def theta(e):
+    """The server's gate probabilities now."""
+    return e.algorithm.theta(e.server["w"], e.server["v"])
+
+
 def test_group_map_matches_the_layers():
     model = make_model("lenet5", (3, 32, 32), 10)
-    gmap = GroupMap(model, _state_tensors(model))
+    gmap = GroupMap(model)
     assert gmap.num_groups == 32 + 64 + 512 and gmap.dense == 5130  # fc2 stays dense
     assert int(gmap.sizes.sum()) + gmap.dense == 878_538
     w = state_vector(model)
@@ -30,7 +36,7 @@ def test_group_map_matches_the_layers():
 
 def test_gate_hooks_switch_channels_off():
     model = make_model("lenet5", (3, 32, 32), 10)
-    gmap = GroupMap(model, _state_tensors(model))
+    gmap = GroupMap(model)
     hooks = GateHooks(gmap)
     x = torch.randn(2, 3, 32, 32)
     dense = model(x)
@@ -42,16 +48,11 @@ def test_gate_hooks_switch_channels_off():
     assert torch.allclose(model(x), dense)
 
 
-def test_sparse_bytes_by_hand():
-    assert sparse_bytes(10, groups=9, thresholds=2) == 4 * 12 + 2  # 9 mask bits take 2 bytes
-    assert sparse_bytes(878_538) == 4 * 878_538
-
-
 def test_a_fedsparse_round_accounts_what_is_sent():
     data = tiny_federation(clients=4, n=16, m=4)
     e = Engine(RunConfig(algo="fedsparse", rounds=1, clients_per_round=2, batch_size=8), data)
-    G = e.gmap.num_groups
-    assert torch.allclose(e.theta(), torch.full((G,), 0.99), atol=1e-4)  # starts dense
+    G = e.algorithm.layout.num_groups
+    assert torch.allclose(theta(e), torch.full((G,), 0.99), atol=1e-4)  # starts dense
     info = e.run_round()
     assert e.bytes_down == 2 * 4 * (e.d + G)  # every group survives, with its threshold
     assert 0 < e.bytes_up <= 2 * (4 * e.d + (G + 7) // 8)
@@ -62,17 +63,17 @@ def test_a_fedsparse_round_accounts_what_is_sent():
 def test_server_pruning_zeroes_groups_and_shrinks_the_download():
     data = tiny_federation(clients=4, n=16, m=4)
     e = Engine(RunConfig(algo="fedsparse", rounds=2, clients_per_round=2, batch_size=8), data)
-    e.v[:32] = 50.0  # thresholds far above the norms: every conv1 filter is off (theta ~ 0)
+    e.server["v"][:32] = 50.0  # thresholds far above the norms: every conv1 filter is off (theta ~ 0)
     info = e.run_round()
-    assert (e.theta()[:32] <= SPARSE_PRUNE).all()
-    a, b = e.gmap.layer_slices[0]
-    in_conv1 = (e.gmap.group_of >= a) & (e.gmap.group_of < b)
+    assert (theta(e)[:32] <= PRUNE).all()
+    a, b = e.algorithm.layout.layer_slices[0]
+    in_conv1 = (e.algorithm.layout.group_of >= a) & (e.algorithm.layout.group_of < b)
     assert int(in_conv1.sum()) == 32 * 76 and torch.count_nonzero(e.w[in_conv1]) == 0
     assert torch.count_nonzero(e.w[~in_conv1]) > 0.9 * (e.d - 32 * 76)
     assert info["sparsity"] == pytest.approx(32 * 76 / e.d, rel=1e-6)
     before = e.bytes_down
     e.run_round()
-    assert e.bytes_down - before == 2 * 4 * (e.d - 32 * 76 + e.gmap.num_groups - 32)
+    assert e.bytes_down - before == 2 * 4 * (e.d - 32 * 76 + e.algorithm.layout.num_groups - 32)
 
 
 def test_fedsparse_resume_is_bit_identical(tmp_path):
@@ -83,7 +84,7 @@ def test_fedsparse_resume_is_bit_identical(tmp_path):
     run(RunConfig(rounds=3, **cfg), tmp_path / "b.json", data=data, resume=True, progress=False)
     a = torch.load(checkpoint_path(tmp_path / "a.json"), weights_only=True)
     b = torch.load(checkpoint_path(tmp_path / "b.json"), weights_only=True)
-    assert torch.equal(a["w"], b["w"]) and torch.equal(a["v"], b["v"])
+    assert torch.equal(a["server"]["w"], b["server"]["w"]) and torch.equal(a["server"]["v"], b["server"]["v"])
 
 
 def test_fedsparse_bad_input():
@@ -94,16 +95,18 @@ def test_fedsparse_bad_input():
 def test_fedl1_thresholds_both_ways_and_counts_bytes():
     data = tiny_federation(clients=4, n=16, m=4)
     probe = Engine(RunConfig(algo="fedl1", lam=1.0, rounds=2), data)
-    lam = float(probe.gmap.norms(probe.w).median())  # half of the groups start below it
+    lam = float(probe.algorithm.layout.norms(probe.w).median())  # half of the groups start below it
     e = Engine(RunConfig(algo="fedl1", lam=lam, rounds=2, clients_per_round=2, batch_size=8), data)
-    norms = e.gmap.norms(e.w)
+    layout = e.algorithm.layout
+    norms = layout.norms(e.w)
     keep = (norms > lam).float()
-    assert 0 < keep.sum() < e.gmap.num_groups  # some groups start below the threshold
+    assert 0 < keep.sum() < layout.num_groups  # some groups start below the threshold
     info = e.run_round()
-    G = e.gmap.num_groups
-    expected_down = 2 * sparse_bytes(e.gmap.values_on(keep), G)
+    G = layout.num_groups
+    # two clients, each sent the surviving groups (4 bytes a value) and a mask bit per group
+    expected_down = 2 * (4 * layout.values_on(keep) + (G + 7) // 8)
     assert e.bytes_down == expected_down
-    assert e.bytes_up < 2 * 4 * e.d and info["sparsity"] == pytest.approx(float((e.gmap.sizes * (1 - keep)).sum()) / e.d)
+    assert e.bytes_up < 2 * 4 * e.d and info["sparsity"] == pytest.approx(float((layout.sizes * (1 - keep)).sum()) / e.d)
     with pytest.raises(ValueError, match="fedl1 needs --lam > 0"):
         RunConfig(algo="fedl1")
 
@@ -123,17 +126,18 @@ def test_presets_on_the_command_line(tmp_path, capsys):
 def test_feddrop_submodel_size_by_hand():
     data = tiny_federation(clients=4, n=16, m=4)
     e = Engine(RunConfig(algo="feddrop", rounds=1, clients_per_round=2, batch_size=8), data)
-    z = e.dropout_masks(0, 0)
+    z = e.algorithm.units(ClientJob(0, 0, 0))
     # kept units: conv1 round(32 * 0.99) = 32, conv2 round(64 * 0.9) = 58, fc1 256, fc2 round(10 * 0.99) = 10
-    kept = [int(z[a:b].sum()) for a, b in e.gmap.layer_slices]
+    layout = e.algorithm.layout
+    kept = [int(z[a:b].sum()) for a, b in layout.layer_slices]
     assert kept == [32, 58, 256, 10]
     # conv1 32 * (3*25) + 32; conv2 58 * (32*25) + 58; fc1 256 * (58*25) + 256; fc2 10 * 256 + 10
     expected = 32 * 75 + 32 + 58 * 800 + 58 + 256 * 1450 + 256 + 10 * 256 + 10
-    assert e.submodel_values(z) == expected
-    assert e.submodel_values(torch.ones(e.gmap.num_groups)) == e.d  # nothing dropped: the full model
+    assert layout.submodel_values(z) == expected
+    assert layout.submodel_values(torch.ones(layout.num_groups)) == e.d  # nothing dropped: the full model
     e.run_round()
     assert e.bytes_down == e.bytes_up == 2 * 4 * expected  # every client's sub-model has that size
-    assert not torch.equal(e.dropout_masks(0, 0), e.dropout_masks(1, 0))  # a draw per client
+    assert not torch.equal(e.algorithm.units(ClientJob(0, 0, 0)), e.algorithm.units(ClientJob(0, 0, 1)))  # a draw per client
 
 
 def test_feddrop_only_updates_the_submodel():
@@ -141,11 +145,12 @@ def test_feddrop_only_updates_the_submodel():
     e = Engine(RunConfig(algo="feddrop", rounds=1, clients_per_round=1, batch_size=8, drop_conv=0.5,
                          server_opt="sgd", server_lr=1.0), data)
     s = int(e.sample_clients(0)[0])
-    z = e.dropout_masks(s, 0)
+    z = e.algorithm.units(ClientJob(0, 0, s))
     w0 = e.w.clone()
     e.run_round()
-    a, b = e.gmap.layer_slices[1]  # conv2: half its filters dropped
-    dropped = torch.isin(e.gmap.group_of, torch.nonzero(z[a:b] == 0).flatten() + a)
+    layout = e.algorithm.layout
+    a, b = layout.layer_slices[1]  # conv2: half its filters dropped
+    dropped = torch.isin(layout.group_of, torch.nonzero(z[a:b] == 0).flatten() + a)
     assert dropped.sum() > 0 and torch.equal(e.w[dropped], w0[dropped])
     with pytest.raises(ValueError, match="drop_fc must be a rate"):
         RunConfig(algo="feddrop", drop_fc=1.0)
@@ -156,7 +161,7 @@ def test_feddrop_only_updates_the_submodel():
 def test_sparse_regulariser_by_hand_and_its_two_scales():
     """Two groups of 3 and 5 weights: lam0 * (3 * 0.5 + 5 * 1.0) = 6.5 lam0; the cross-entropy
     term is 1e-4 * -(0.5 log 0.5 + 0.5 log 0.5 + log 0.9) for theta = (0.5, 0.9)."""
-    from emfl.nn.engine import sparse_regulariser
+    from emfl.nn.algorithms.fedsparse import regulariser as sparse_regulariser
 
     pi, theta, sizes = torch.tensor([0.5, 1.0]), torch.tensor([0.5, 0.9]), torch.tensor([3.0, 5.0])
     ce = 0.5 * np.log(0.5) + 0.5 * np.log(0.5) + np.log(0.9)
@@ -165,4 +170,4 @@ def test_sparse_regulariser_by_hand_and_its_two_scales():
     assert float(sparse_regulariser(pi, theta, sizes, lam0=0.1, n_s=500)) == pytest.approx(batch / 500, rel=1e-5)
     with pytest.raises(ValueError, match="sparse_reg must be batch or example"):
         RunConfig(algo="fedsparse", sparse_reg="per-client")
-    assert RunConfig().sparse_reg == "batch"
+    assert RunConfig(algo="fedsparse").sparse_reg == "batch"

@@ -80,14 +80,16 @@ def summary(doc: dict) -> dict:
 
 
 def method_name(doc: dict) -> str:
-    """The paper's name for a run: FedAvg, FedDrop, FedL1, FedSparse low / mid / high (by lam0)."""
+    """The paper's name for a run: FedAvg, FedDrop, FedL1, FedSparse low / mid / high (by lam0), or
+    the title its algorithm registers."""
     cfg = doc["config"]
     algo = cfg["algo"]
     if algo == "fedsparse":
         level = _LEVELS.get(float(cfg.get("lam0", 0)))
         return f"FedSparse {level}" if level else f"FedSparse (lam0 = {cfg['lam0']:g})"
-    return {"fedavg": "FedAvg", "feddrop": "FedDrop", "fedl1": "FedL1", "fedprox": "FedProx",
-            "fedpa": "FedPA"}.get(algo, algo)
+    from emfl.nn.algorithms import ALGORITHMS
+
+    return ALGORITHMS[algo].title if algo in ALGORITHMS else algo
 
 
 def record_at(doc: dict, rnd: int) -> dict:

@@ -1,0 +1,267 @@
+"""The protocol of an algorithm: a prior, a client E-step and a server M-step (the paper's
+Algorithms 1 and 2), as the toy world's :class:`emfl.em.FederatedAlgorithm` reads it.
+
+The round loop (:class:`emfl.nn.engine.Engine`) calls, each round,
+
+1. ``state, down = algo.server_message(state)``: what the server sends (Algorithm 1 up to
+   ``CLIENT(s, w, v)``; it may prune first);
+2. for every sampled client ``s``: ``msg = algo.message_to(down, job)`` (what client ``s``
+   receives: all of ``down`` unless it is cut per client) and ``result = algo.client_update(msg,
+   job)``: the client's E-step, local training on its objective, the data term plus the prior's
+   penalty (Algorithm 2); ``result.up`` is the message it sends back;
+3. ``state, info = algo.m_step(state, down, results)``: the server's M-step, aggregation, an
+   optimiser step and pruning (Algorithm 1 after the loop over clients).
+
+``algo.server_model(state)`` is the model global accuracy is measured on.  The server state is a
+dict: its top-level tensors are the prior's parameters (``w``, FedSparse's thresholds ``v``,
+SCAFFOLD's control variate ``c``), checked for divergence after every round; optimiser states
+are tuples.  It holds only tensors, numbers, tuples and dicts, so that a checkpoint stores it as
+it is.  Messages (:mod:`emfl.nn.messages`) count their own bytes.
+
+An algorithm whose client runs SGD on a pure function of the parameters derives from
+:class:`LocalSGD`: it gives ``start``, ``local_prior``, ``local_loss`` and ``finish``, and the
+loop can then train a round's clients together (``torch.func.vmap``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from emfl.nn.messages import Dense, Message
+from emfl.nn.models import load_state_vector, parameter_views, state_vector
+from emfl.optim import make_optimizer
+
+__all__ = ["Algorithm", "LocalSGD", "ClientResult", "NoParams", "setting", "settings_of", "local_sgd",
+           "batched_client_updates", "check_nonnegative", "check_positive", "check_rate", "check_whole",
+           "check_choice"]
+
+
+# --------------------------------------------------------------------------- hyperparameters
+
+
+def setting(default, help: str, **extra):
+    """A hyperparameter of an algorithm's ``Params``; ``help`` is its command-line help and
+    ``choices=(...)`` its allowed values."""
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """An algorithm without hyperparameters of its own."""
+
+
+def settings_of(params_cls) -> list:
+    """The fields of a ``Params`` dataclass: ``(name, default, help, choices)``."""
+    return [(f.name, f.default, f.metadata.get("help", ""), f.metadata.get("choices")) for f in fields(params_cls)]
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def check_nonnegative(name: str, value) -> None:
+    if not (_is_number(value) and np.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a number >= 0; got {value!r}")
+
+
+def check_positive(name: str, value, hint: str = "") -> None:
+    if not (_is_number(value) and np.isfinite(value) and value > 0):
+        raise ValueError(hint or f"{name} must be a positive number; got {value!r}")
+
+
+def check_rate(name: str, value) -> None:
+    if not (_is_number(value) and 0 <= value < 1):
+        raise ValueError(f"{name} must be a rate in [0, 1); got {value!r}")
+
+
+def check_whole(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be a whole number >= 0; got {value!r}")
+
+
+def check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be {' or '.join(choices)}; got {value!r}")
+
+
+# --------------------------------------------------------------------------- the protocol
+
+
+class ClientResult(NamedTuple):
+    """What one client's update produced: ``up``, the message it sends; ``loss``, its mean
+    training loss; ``memory``, the state the client keeps until it is sampled again (SCAFFOLD's
+    control variate; None for a stateless client); ``stats``, diagnostics for the record that a
+    real server would not see (FedSparse's ``|pi_s - theta|``)."""
+
+    up: Message
+    loss: float
+    memory: Any = None
+    stats: Any = None
+
+
+class Algorithm:
+    """One federated algorithm as EM parts.  A subclass sets ``name`` (its ``--algo``), ``title``
+    (the paper's name), ``Params`` (a frozen dataclass of its hyperparameters: they become
+    command-line flags and flat keys of the run's config), ``PRESETS`` (named settings:
+    ``{"low": {"lam0": 5e-7}}`` gives ``--algo NAME-low``) and implements the methods below.
+
+    ``run`` is the round loop's shared part: ``run.model`` (one module the clients train in turn),
+    ``run.config``, ``run.data``, ``run.device``, ``run.d`` (the state vector's length) and
+    ``run.batches(s, gen)`` (client ``s``'s minibatches in the order ``gen`` draws)."""
+
+    name = ""
+    title = ""
+    Params = NoParams
+    PRESETS: dict = {}
+    pure_client = False  # True: client_update is SGD on a pure local_loss (LocalSGD), so vmap applies
+
+    def __init__(self, params, run):
+        self.params = params
+        self.run = run
+        # Appendix A: the server feeds the mean client difference to Adam ("difference gradient")
+        self.server_opt = make_optimizer(run.config.server_opt, lr=run.config.server_lr)
+
+    @classmethod
+    def check(cls, config) -> None:
+        """Raise ValueError for settings of ``config`` this algorithm cannot run with."""
+
+    # ---- server
+    def init(self, w: torch.Tensor) -> dict:
+        """The server state at round 0: the prior's parameters and the optimiser's state."""
+        return {"w": w, "opt": self.server_opt.init(w)}
+
+    def server_message(self, state: dict) -> tuple:
+        """``(state, down)``: what the server sends this round (the model ``w``)."""
+        return state, Dense(state["w"])
+
+    def message_to(self, down: Message, job) -> Message:
+        """What client ``job.s`` receives of ``down`` (all of it, unless cut per client)."""
+        return down
+
+    def m_step(self, state: dict, down: Message, results: list) -> tuple:
+        """``(state, info)``: the M-step from the clients' messages ``results[i].up``; ``info``
+        holds extra fields for the round's record."""
+        raise NotImplementedError
+
+    def server_model(self, state: dict) -> torch.Tensor:
+        """The server's model as it is evaluated (global accuracy)."""
+        return state["w"]
+
+    # ---- client
+    def client_update(self, msg: Message, job) -> ClientResult:
+        """The client's E-step from what it received.  On return ``run.model`` computes what the
+        client's local model computes (the loop measures local accuracy on it)."""
+        raise NotImplementedError
+
+    # ---- helpers
+    def difference_step(self, state: dict, total: torch.Tensor, n: int) -> tuple:
+        """One server-optimiser step on the mean difference ``total / n``: ``(w, opt_state)``."""
+        step, opt = self.server_opt.update(total / n, state["opt"])
+        return state["w"] - step, opt
+
+
+def local_sgd(run, job, loss_fn, on_step=None) -> list:
+    """Plain SGD (lr ``client_lr``) on ``loss_fn(x, y)`` over ``local_epochs`` passes of client
+    ``job.s``'s minibatches; ``on_step(epoch)`` runs after every step.  Returns the losses."""
+    model, lr = run.model, run.config.client_lr
+    params = list(model.parameters())
+    losses = []
+    for epoch in range(run.config.local_epochs):
+        for x, y in run.batches(job.s, job.gen):
+            loss = loss_fn(x, y)
+            model.zero_grad(set_to_none=True)
+            loss.backward()
+            with torch.no_grad():
+                for p in params:
+                    if p.grad is not None:
+                        p.add_(p.grad, alpha=-lr)
+            losses.append(loss.item())
+            if on_step is not None:
+                on_step(epoch)
+    return losses
+
+
+class LocalSGD(Algorithm):
+    """A client that starts from what the server sent (``w_s <- w``, Algorithm 2), runs SGD on
+    ``local_loss``, a pure function of the parameters, and then ``finish``es its message.
+
+    ``local_loss(p, x, y, prior)`` is the negative local objective on one batch: the data term on
+    the parameters ``p`` (a dict name -> tensor) plus the penalty of the prior, whose tensors
+    ``local_prior(msg, job)`` gives.  Being pure, it can be trained for all of a round's clients at
+    once (:func:`batched_client_updates`)."""
+
+    pure_client = True
+
+    def start(self, msg: Message) -> torch.Tensor:
+        """The client's starting weights: the server's ``w``."""
+        return msg.values
+
+    def local_prior(self, msg: Message, job) -> dict:
+        """Tensors the prior's penalty reads (per client; a dict, possibly empty)."""
+        return {}
+
+    def data_loss(self, p: dict, x, y) -> torch.Tensor:
+        """The mean cross-entropy of the batch under the parameters ``p``."""
+        from torch.func import functional_call
+
+        return F.cross_entropy(functional_call(self.run.model, p, (x,)), y)
+
+    def local_loss(self, p: dict, x, y, prior: dict) -> torch.Tensor:
+        return self.data_loss(p, x, y)
+
+    def finish(self, msg: Message, job, w_s: torch.Tensor, losses: list) -> ClientResult:
+        """The message back once training is done (the model ``w_s``)."""
+        return ClientResult(Dense(w_s), float(np.mean(losses)))
+
+    def client_update(self, msg: Message, job) -> ClientResult:
+        model = self.run.model
+        load_state_vector(model, self.start(msg))
+        model.train()
+        prior = self.local_prior(msg, job)
+        p = dict(model.named_parameters())
+        losses = local_sgd(self.run, job, lambda x, y: self.local_loss(p, x, y, prior))
+        return self.finish(msg, job, state_vector(model), losses)
+
+
+def _stack(trees: list):
+    """Stack a list of equally shaped dicts (of dicts) of tensors along a new first axis."""
+    first = trees[0]
+    if isinstance(first, dict):
+        return {k: _stack([t[k] for t in trees]) for k in first}
+    return torch.stack(trees)
+
+
+def batched_client_updates(algo: LocalSGD, run, msgs: list, jobs: list):
+    """All of a round's clients of a :class:`LocalSGD` algorithm in one batched SGD step per
+    minibatch (``torch.func.vmap``): the same batches and the same SGD as
+    ``algo.client_update`` one by one, equal up to float round-off.  Yields ``(job, msg,
+    result)`` per client, with ``run.model`` holding that client's local model."""
+    from torch.func import grad_and_value, vmap
+
+    model, lr = run.model, run.config.client_lr
+    names = [n for n, _ in model.named_parameters()]
+    starts = [parameter_views(model, algo.start(m)) for m in msgs]
+    params = {n: torch.stack([s[n] for s in starts]).detach() for n in names}
+    prior = _stack([algo.local_prior(m, j) for m, j in zip(msgs, jobs)])
+    model.train()
+    step = vmap(grad_and_value(algo.local_loss))
+    losses = []
+    for _ in range(run.config.local_epochs):
+        iters = [run.batches(j.s, j.gen) for j in jobs]
+        for batch in zip(*iters):
+            x = torch.stack([b[0] for b in batch])
+            y = torch.stack([b[1] for b in batch])
+            g, loss = step(params, x, y, prior)
+            params = {n: params[n] - lr * g[n] for n in names}
+            losses.append(loss.detach())
+    per_client = torch.stack(losses).cpu().double()  # (steps, clients)
+    for c, (job, msg) in enumerate(zip(jobs, msgs)):
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(params[n][c])
+        yield job, msg, algo.finish(msg, job, state_vector(model), per_client[:, c].tolist())

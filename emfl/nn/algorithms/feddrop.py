@@ -1,0 +1,88 @@
+"""FedDrop: federated dropout (Caldas et al.), a structurally smaller model per client.
+
+In the EM reading (the paper, Section 4) the gates ``z`` are global with a fixed keep probability
+for the prior and the posterior alike: nothing about them is learned, and each client trains the
+sub-model its draw keeps.
+
+* Server's message to client ``s``: the sub-model of ``w`` that keeps a fixed share of the units
+  of every layer (``drop_io`` in the first and the output layer, ``drop_conv`` in convolutions,
+  ``drop_fc`` in hidden fc layers), drawn per client and round; dropped rows and columns are
+  removed, not zeroed (:class:`~emfl.nn.messages.SubModel`).
+* Client (E-step): SGD on the mean batch loss of the sub-model (as FedAvg).
+* Client's message: the trained sub-model.
+* Server (M-step): as FedAvg; outside a client's sub-model its difference is zero (the server
+  scatters the sub-model back).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from emfl.nn.algorithms.base import ClientResult, check_rate, local_sgd, setting
+from emfl.nn.algorithms.fedavg import FedAvg
+from emfl.nn.groups import GateHooks, GroupMap
+from emfl.nn.messages import SubModel
+from emfl.nn.models import load_state_vector, state_vector
+
+__all__ = ["FedDrop", "Params"]
+
+
+@dataclass(frozen=True)
+class Params:
+    drop_conv: float = setting(0.1, "share of conv filters a client drops (the paper, CIFAR-10: 0.1)")
+    drop_fc: float = setting(0.5, "share of hidden fc units dropped (CIFAR-10: 0.5)")
+    drop_io: float = setting(0.01, "share dropped in the input and output layers")
+
+    def __post_init__(self):
+        for name in ("drop_conv", "drop_fc", "drop_io"):
+            check_rate(name, getattr(self, name))
+
+
+class FedDrop(FedAvg):
+    name = "feddrop"
+    title = "FedDrop"
+    Params = Params
+    pure_client = False  # the sub-model differs per client
+
+    @classmethod
+    def check(cls, config) -> None:
+        if config.model == "resnet20":
+            raise ValueError("feddrop builds sub-models of a chain of layers: use lenet5 or lenet5-classic")
+
+    def __init__(self, params, run):
+        super().__init__(params, run)
+        self.layout = GroupMap(run.model, prune_output=True)
+        self.hooks = GateHooks(self.layout)
+
+    def units(self, job) -> torch.Tensor:
+        """Which units client ``job.s`` keeps this round: a fixed share per layer, drawn at random."""
+        p, layers = self.params, self.layout.layers
+        gen = job.generator("drop")
+        masks = []
+        for k, layer in enumerate(layers):
+            rate = p.drop_io if k in (0, len(layers) - 1) else (
+                p.drop_conv if isinstance(layer.module, torch.nn.Conv2d) else p.drop_fc)
+            keep = max(1, round(layer.groups * (1 - rate)))
+            m = torch.zeros(layer.groups)
+            m[torch.randperm(layer.groups, generator=gen)[:keep]] = 1
+            masks.append(m)
+        return torch.cat(masks)
+
+    def message_to(self, down, job) -> SubModel:
+        return SubModel(down.values, self.units(job), self.layout)
+
+    def client_update(self, msg: SubModel, job) -> ClientResult:
+        model = self.run.model
+        load_state_vector(model, msg.values)
+        model.train()
+        self.hooks.z = msg.units.to(self.run.device)  # this client's sub-model: the units kept
+        losses = local_sgd(self.run, job, lambda x, y: F.cross_entropy(model(x), y))
+        return ClientResult(SubModel(state_vector(model), msg.units, self.layout), float(np.mean(losses)))
+
+    def m_step(self, state: dict, down, results: list) -> tuple:
+        self.hooks.z = None  # the shared model is whole again
+        return super().m_step(state, down, results)

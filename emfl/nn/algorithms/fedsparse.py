@@ -1,0 +1,150 @@
+"""FedSparse: hard-EM with a spike-and-slab prior on groups (the paper, Section 3; Algorithms 1
+and 2; notebook 04).
+
+Prior: every group ``g`` (a conv filter, an fc neuron) of a client's model is switched on by a
+gate ``z_sg ~ Bern(theta_g)`` (spike at 0, slab around ``w``), with
+``theta_g = sigmoid((||w_g|| - tau_g) / T)``, ``tau = softplus(v)`` (Appendix H; :mod:`emfl.nn.gates`).
+
+* Server's message (Algorithm 1, lines 3-5): prune the groups with ``theta_g <= eps`` and send the
+  surviving groups of ``w`` with their thresholds ``v``.
+* Client (E-step, Algorithm 2): from ``w_s, v_s = w, v``, SGD on the weights and Adamax on the
+  thresholds of the local objective Eq. 41 with ``lam = 0``: the data loss under hard-concrete
+  gates with ``P(z > 0) = pi_s``, plus ``lam0 sum_g |g| pi_sg`` (the L0 cost of every value of a
+  group) minus ``1e-4`` times the gates' cross-entropy to ``theta`` (Eq. 38).
+* Client's message: an exact binary sample ``z_s ~ Bern(pi_s)`` and the switched-on groups of
+  ``w_s`` (group-sparse with one mask bit per group).
+* Server (M-step, Algorithm 1): ``grad_w = sum_s z_s (w - w_s)``, ``grad_v`` from the gates
+  (:func:`emfl.nn.gates.server_v_gradient`), Adam on ``w`` and Adamax on ``v``, then prune again so
+  that the server model is always the pruned one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from emfl.nn import gates
+from emfl.nn.algorithms.base import Algorithm, ClientResult, check_choice, check_nonnegative, setting
+from emfl.nn.groups import GateHooks, GroupMap, group_norms
+from emfl.nn.messages import Bundle, GroupSparse, Thresholds
+from emfl.nn.models import load_state_vector, state_vector
+from emfl.optim import adamax
+
+__all__ = ["FedSparse", "Params", "regulariser", "T", "THETA0", "PRUNE", "CLIENT_V_LR", "SERVER_V_LR", "CE_SCALE"]
+
+# The paper's constants (Appendix A): the sigmoid temperature, the initial gate probability (a
+# dense model), the server's pruning threshold eps, the thresholds' learning rates (client
+# Adamax, server Adamax) and the scale of the gates' cross-entropy.
+T, THETA0, PRUNE = 1e-3, 0.99, 0.1
+CLIENT_V_LR, SERVER_V_LR, CE_SCALE = 1e-3, 1e-2, 1e-4
+
+
+@dataclass(frozen=True)
+class Params:
+    lam0: float = setting(5e-6, "L0 strength (5e-7 low, 5e-6 mid, 5e-5 high)")
+    sparse_reg: str = setting("batch", "lam0 and the gate cross-entropy added to the mean batch loss (batch) or "
+                                       "divided by the client's size (example, Eq. 41 / N_s)",
+                              choices=("batch", "example"))
+
+    def __post_init__(self):
+        check_nonnegative("lam0", self.lam0)
+        check_choice("sparse_reg", self.sparse_reg, ("batch", "example"))
+
+
+def regulariser(pi, theta, sizes, lam0: float, n_s: int = 1):
+    """The prior's part of the local loss (Eq. 41 with lam = 0): ``lam0 sum_g |g| pi_g`` (every
+    value of a group pays the L0 cost) minus ``1e-4`` times the gates' cross-entropy to ``theta``
+    (Eq. 38), divided by ``n_s`` (1 for ``sparse_reg = "batch"``, the client's size for
+    ``"example"``)."""
+    return (lam0 * (sizes * pi).sum() - CE_SCALE * gates.gate_cross_entropy(pi, theta)) / n_s
+
+
+class FedSparse(Algorithm):
+    name = "fedsparse"
+    title = "FedSparse"
+    Params = Params
+    PRESETS = {"low": {"lam0": 5e-7}, "mid": {"lam0": 5e-6}, "high": {"lam0": 5e-5}}  # the paper's levels
+
+    def __init__(self, params, run):
+        super().__init__(params, run)
+        self.layout = GroupMap(run.model)
+        self.hooks = GateHooks(self.layout)
+        self.v_opt = adamax(SERVER_V_LR)
+
+    def init(self, w: torch.Tensor) -> dict:
+        v = gates.init_threshold(self.layout.norms(w), THETA0, T)  # theta = 0.99: a dense start
+        return {"w": w, "v": v, "opt": self.server_opt.init(w), "v_opt": self.v_opt.init(v)}
+
+    def theta(self, w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``theta = sigmoid((||w_g|| - softplus(v_g)) / T)``: the prior's gate probabilities."""
+        return gates.gate_prob(self.layout.norms(w), v, T)
+
+    def prune(self, w: torch.Tensor, v: torch.Tensor) -> tuple:
+        """``(I[theta > eps] w, I[theta > eps])``: the model without its pruned groups."""
+        keep = (self.theta(w, v) > PRUNE).float()
+        return w * self.layout.expand(keep), keep
+
+    # ------------------------------------------------------------------ Algorithm 1, before the clients
+    def server_message(self, state: dict) -> tuple:
+        w, keep = self.prune(state["w"], state["v"])  # w <- I[theta > eps] w
+        state = {**state, "w": w}
+        return state, Bundle(w=GroupSparse(w, keep, self.layout, mask_bits=False), v=Thresholds(state["v"], keep))
+
+    # ------------------------------------------------------------------ Algorithm 2
+    def client_update(self, msg: Bundle, job) -> ClientResult:
+        run, model, layout, lam0 = self.run, self.run.model, self.layout, self.params.lam0
+        w, v = msg["w"].values, msg["v"].values  # get w, v from the server
+        theta = self.theta(w, v)  # theta <- sigmoid((|w| - tau) / T)
+        load_state_vector(model, w)  # w_s, v_s <- w, v
+        model.train()
+        v_s = v.clone().requires_grad_(True)
+        opt_v = torch.optim.Adamax([v_s], lr=CLIENT_V_LR)
+        params = list(model.parameters())
+        sizes = layout.sizes.to(run.device).float()
+        n_s = len(run.data.train_y[job.s]) if self.params.sparse_reg == "example" else 1
+        losses = []
+        for _ in range(run.config.local_epochs):  # for epoch e in 1..E
+            for x, y in run.batches(job.s, job.gen):  # for batch b in B
+                # tau_s <- softplus(v_s); pi_s <- sigmoid((|w_s| - tau_s) / T)
+                pi = gates.gate_prob(torch.cat([group_norms(l) for l in layout.layers]), v_s, T)
+                self.hooks.z = gates.hard_concrete_sample(gates.log_alpha_for(pi), generator=job.gen)
+                loss = F.cross_entropy(model(x), y)  # L_s <- Eq. 41 on the batch
+                reg = regulariser(pi, theta, sizes, lam0, n_s)
+                model.zero_grad(set_to_none=True)
+                opt_v.zero_grad()
+                (loss + reg).backward()
+                with torch.no_grad():  # w_s <- SGD
+                    for p in params:
+                        if p.grad is not None:
+                            p.add_(p.grad, alpha=-run.config.client_lr)
+                opt_v.step()  # v_s <- Adamax
+                losses.append(loss.item())
+        with torch.no_grad():
+            w_s = state_vector(model)
+            pi = gates.gate_prob(layout.norms(w_s), v_s, T)  # pi_s <- sigmoid((|w_s| - tau_s) / T)
+            z = torch.bernoulli(pi.cpu(), generator=job.gen).to(run.device)  # z_s ~ q_pi(z_s)
+            self.hooks.z = z  # the local model: the groups it switched on
+            up = GroupSparse(layout.expand(z) * w_s, z, layout)  # return z_s, z_s * w_s
+        return ClientResult(up, float(np.mean(losses)), stats=(pi - theta).abs())
+
+    # ------------------------------------------------------------------ Algorithm 1, after the clients
+    def m_step(self, state: dict, down, results: list) -> tuple:
+        w, v = state["w"], state["v"]
+        theta = self.theta(w, v)
+        grad_w, grad_v = torch.zeros_like(w), torch.zeros_like(v)
+        for r in results:
+            z = r.up.mask
+            grad_w += self.layout.expand(z) * (w - r.up.values)  # z_s (w - w_s): descent sign
+            grad_v += gates.server_v_gradient(z, theta, v, T)
+        n = len(results)
+        step, opt = self.server_opt.update(grad_w / n, state["opt"])  # ADAM
+        v_step, v_opt = self.v_opt.update(grad_v / n, state["v_opt"])  # ADAMAX
+        w, v = w - step, v - v_step
+        w, keep = self.prune(w, v)  # the server model is always the pruned one
+        tv = torch.stack([r.stats for r in results])
+        sparsity = float((self.layout.sizes.to(keep.device) * (1 - keep)).sum()) / self.run.d
+        return ({"w": w, "v": v, "opt": opt, "v_opt": v_opt},
+                {"sparsity": sparsity, "tv_mean": float(tv.mean()), "tv_max": float(tv.max())})
