@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from emfl.nn.algorithms import feddrop, fedavg, fedl1, fedpa, fedprox, fedsparse
+from emfl.nn.algorithms import feddrop, fedavg, fedl1, fedpa, fedprox, fedsparse, scaffold
 from emfl.nn.algorithms.base import Algorithm
 
 __all__ = ["ALGORITHMS", "PRESETS", "register", "unregister", "get", "Algorithm"]
@@ -57,3 +57,4 @@ register(fedpa.FedPA)
 register(fedsparse.FedSparse)
 register(fedl1.FedL1)
 register(feddrop.FedDrop)
+register(scaffold.Scaffold)
