@@ -1,5 +1,5 @@
 """Figures that run a small experiment and draw it: each is used twice in a tutorial, once
-behind sliders (:func:`sliders`) and once at fixed values so the page reads without a kernel."""
+behind sliders (:class:`SliderPanel`) and once at fixed values so the page reads without a kernel."""
 
 from __future__ import annotations
 
@@ -147,14 +147,19 @@ def _figure(figsize, ncols):
 
 
 def figure(figsize=(10, 4), ncols=2):
-    """The figure that :func:`sliders` draws on, for the same panel at fixed values."""
+    """The figure that :class:`SliderPanel` draws on, for the same panel at fixed values."""
     return _figure(figsize, ncols)
 
 
 def _reset(ax):
     """Empty ``ax`` but keep its axis objects: ``ax.clear()`` rebuilds every tick, which costs
-    about half of a redraw."""
-    for artist in [*ax.lines, *ax.collections, *ax.texts, *ax.patches, *ax.images]:
+    about half of a redraw.
+
+    Containers (the bars of ``ax.bar``, error bars) go first, with their artists: a container
+    left in ``ax.containers`` would keep its label and add one legend entry per redraw."""
+    for container in list(ax.containers):
+        container.remove()
+    for artist in [*ax.lines, *ax.collections, *ax.texts, *ax.patches, *ax.images, *ax.artists, *ax.tables]:
         artist.remove()
     if ax.legend_ is not None:
         ax.legend_.remove()
@@ -166,7 +171,11 @@ def _reset(ax):
 class SliderPanel:
     """An ipywidgets panel: ``draw(axes, **values)`` is re-run whenever a slider in
     ``controls`` (name -> widget) moves.  One figure is kept and redrawn, which halves the cost
-    of a redraw against making a new figure each time."""
+    of a redraw against making a new figure each time.
+
+    Displayed, the panel offers three forms of itself: the live widget (a front end with a
+    kernel), and for a page read before its cell is run, the figure at the sliders' values under
+    one line saying to run the cell (HTML), or that line alone (plain text)."""
 
     def __init__(self, draw, figsize=(10, 4), ncols=2, dpi=80, **controls):
         import ipywidgets as widgets
@@ -176,16 +185,30 @@ class SliderPanel:
         self.draw = draw
         self.dpi = dpi
         self.controls = controls
+        for control in controls.values():
+            style = getattr(control, "style", None)
+            if hasattr(style, "description_width"):
+                style.description_width = "initial"  # the whole label, never cut
         self.fig, self.axes = _figure(figsize, ncols)
         plt.close(self.fig)  # shown through the Output widget only
+        self.png = b""
         self.out = widgets.Output()
-        self.widget = widgets.VBox([widgets.HBox(list(controls.values())), self.out])
+        row = widgets.HBox(list(controls.values()), layout=widgets.Layout(flex_flow="row wrap"))
+        self.widget = widgets.VBox([row, self.out])
         for control in controls.values():
             control.observe(self._update, names="value")
         self._update()
 
     def values(self) -> dict:
         return {name: control.value for name, control in self.controls.items()}
+
+    def labels(self) -> list:
+        """What the controls are called on screen (their descriptions, else their names)."""
+        return [getattr(control, "description", "") or name for name, control in self.controls.items()]
+
+    def note(self) -> str:
+        """The line shown in place of the sliders on a page whose cell has not been run."""
+        return f"Run this cell to use the sliders ({', '.join(self.labels())})."
 
     def render(self, **values) -> bytes:
         """Redraw at ``values`` and return the PNG bytes a slider move displays."""
@@ -199,15 +222,25 @@ class SliderPanel:
     def _update(self, change=None):
         from IPython.display import Image, clear_output, display
 
-        png = self.render(**self.values())
+        self.png = png = self.render(**self.values())  # the figure at the sliders' values
         with self.out:
             clear_output(wait=True)
             display(Image(png))
 
-    def _ipython_display_(self):
-        from IPython.display import display
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        """The live widget, and what a front end without its kernel shows instead: the figure
+        at the sliders' values under the line :meth:`note` (HTML), or the line alone."""
+        import base64
+        import html
 
-        display(self.widget)
+        bundle = self.widget._repr_mimebundle_()
+        settings = ", ".join(f"{label} = {value:.3g}" if isinstance(value, float) else f"{label} = {value}"
+                             for label, value in zip(self.labels(), self.values().values()))
+        png = base64.b64encode(self.png).decode("ascii")
+        bundle["text/html"] = (f"<p>{html.escape(self.note())} Below: the figure at {html.escape(settings)}.</p>"
+                               f'<img src="data:image/png;base64,{png}" alt="{html.escape(self.note())}">')
+        bundle["text/plain"] = self.note()
+        return bundle
 
 
 def time_redraw(panel: SliderPanel, repeats: int = 5) -> float:
