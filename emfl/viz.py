@@ -70,8 +70,12 @@ def figures_dir() -> Path:
 
 
 def save_figure(fig, name: str, directory=None) -> Path:
-    """Write ``fig`` as ``<directory>/<name>.png``, byte-identical on every run (no timestamp,
-    no version string in the metadata).  Returns the path."""
+    """Write ``fig`` as ``<directory>/<name>.png`` (default: :func:`figures_dir`) and return the path.
+
+    The PNG carries no timestamp and no version string, so the same figure gives the same bytes
+    on every run.  The notebooks' figures are byte-identical on one machine whatever the number
+    of threads (``tests/test_viz.py``); on another CPU NumPy and OpenBLAS may pick other vector
+    kernels, whose last bits can move a few anti-aliased pixels."""
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"figure name must be a plain file stem like '01_trajectories'; got {name!r}")
     directory = Path(directory) if directory is not None else figures_dir()
