@@ -30,9 +30,9 @@ for t in "${settings[@]}"; do
         OMP_NUM_THREADS="$t" ./dev test >"$log" 2>&1 || status=1
     fi
     took=$(( $(date +%s) - start ))
-    summary=$(grep -E '^=+ .*(passed|failed|error).* in [0-9.]+s' "$log" | sed -E 's/=+ ?//g' | paste -sd ';' -)
+    summary=$(grep -E '^=+ .*(passed|failed|error).* in [0-9.]+s' "$log" | sed -E 's/ ?=+ ?//g' | paste -sd ';' - | sed 's/;/; nbval: /')
     dirty=$(git status --porcelain | wc -l)
-    echo "OMP_NUM_THREADS=$t: ./dev test took $took s (unit tests; nbval: $summary); files changed by the tests: $dirty"
+    echo "OMP_NUM_THREADS=$t: ./dev test took $took s (unit tests: $summary); files changed by the tests: $dirty"
     [ "$dirty" = 0 ] || { git status --porcelain; status=1; }
     [ $status = 0 ] || { tail -n 40 "$log"; }
 done
