@@ -73,22 +73,38 @@ def _consistent(out):
         assert not rounds or rounds[-1] <= saved["round"]
 
 
+def _wait_for_round(log, k, proc, timeout=120):
+    """Wait until the progress bar in ``log`` shows round ``k`` ended (or the process ended)."""
+    deadline = time.perf_counter() + timeout
+    while proc.poll() is None:
+        shown = [int(n) for n in re.findall(rf"(\d+)/{ROUNDS}", log.read_text())]
+        if max(shown, default=-1) >= k:
+            return
+        assert time.perf_counter() < deadline, f"round {k} never ended"
+        time.sleep(0.005)
+
+
 def test_sigkill_at_random_moments_then_resume_equals_the_straight_run(world):
     rng = np.random.default_rng(0)
-    # one kill while python starts (nothing written yet), three at random moments of the training
-    moments = [None] + list(rng.uniform(0, world["training"], size=3))
+    # one kill while python starts (nothing written yet), three at random moments of the training:
+    # after a random round has ended, plus a random part of one round's time (so the kill can land
+    # anywhere inside a round, its evaluation or its saving).  Waiting for the round, not for a
+    # wall-clock time, keeps the kills inside the run on a fast or a slow machine.
+    rounds = rng.choice(np.arange(3, ROUNDS - 5), size=3, replace=False)
+    per_round = world["training"] / ROUNDS
+    moments = [None] + [(int(r), float(rng.uniform(0, per_round))) for r in rounds]
     resumed_from = []
-    for k, t in enumerate(moments):
+    for k, moment in enumerate(moments):
         out = world["root"] / f"killed{k}.json"
         log = world["root"] / f"killed{k}.log"
         args = [a for a in _args(world, out) if a != "--quiet"]  # the progress bar says which rounds ended
         with open(log, "w") as err:
             proc = subprocess.Popen(args, env=world["env"], stdout=subprocess.DEVNULL, stderr=err)
-        if t is None:
+        if moment is None:
             time.sleep(0.2)
         else:
-            _wait_for(checkpoint_path(out))
-            time.sleep(t)
+            _wait_for_round(log, moment[0], proc)
+            time.sleep(moment[1])
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
         _consistent(out)
@@ -99,7 +115,7 @@ def test_sigkill_at_random_moments_then_resume_equals_the_straight_run(world):
         done = _cli(world, out, resume=True)
         assert done.returncode == 0, done.stderr
         assert _records(out) == world["records"], f"killed at moment {k}"
-    # the kills really cut runs short (the moments are spread over the run), not only before or after
+    # the kills really cut runs short, not only before or after
     assert resumed_from[0] == -1 and sum(0 < r < ROUNDS for r in resumed_from) >= 2, resumed_from
 
 
