@@ -150,15 +150,17 @@ def test_group_sparse_message_by_hand():
     layout, model = tiny_layout()
     assert (layout.num_groups, layout.dense) == (4, 10)
     mask = torch.tensor([1.0, 0.0, 1.0, 0.0])
-    w = torch.zeros(26)
-    # groups 0 and 2 (4 values each), the dense output layer (10), 4 mask bits -> 1 byte
-    assert GroupSparse(w, mask, layout).nbytes == 4 * (8 + 10) + 1
-    assert GroupSparse(w, mask, layout, mask_bits=False).nbytes == 4 * 18
+    w = torch.ones(26)
+    # units 0 and 2 (3 weights + 1 bias each), the output layer's weights that read them (2 x 2)
+    # and its 2 biases; 4 mask bits -> 1 byte
+    assert GroupSparse(w, mask, layout).nbytes == 4 * (8 + 4 + 2) + 1
+    assert GroupSparse(w, mask, layout, mask_bits=False).nbytes == 4 * 14
+    assert float(GroupSparse(w, mask, layout).values.sum()) == 14  # the receiver gets zeros elsewhere
     assert mask_bytes(8) == 1 and mask_bytes(9) == 2 and mask_bytes(608) == 76
     lenet = GroupMap(make_model("lenet5", (3, 32, 32), 10))
     one = torch.zeros(lenet.num_groups)
-    one[0] = 1  # conv1 filter 0: 3*5*5 weights + 1 bias; fc2 (5130 values) is dense
-    assert GroupSparse(torch.zeros(878_538), one, lenet).nbytes == 4 * (5130 + 76) + 76
+    one[0] = 1  # conv1 filter 0: 3*5*5 weights + 1 bias; nothing reads it but dead units: fc2's 10 biases
+    assert GroupSparse(torch.zeros(878_538), one, lenet).nbytes == 4 * (76 + 10) + 76
 
 
 def test_submodel_message_by_hand():

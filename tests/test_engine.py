@@ -329,3 +329,84 @@ def test_local_model_ages_by_hand():
     ages = local_model_ages(0, 3, 10, 1)
     firsts = [int(sample_clients(0, r, 10, 1)[0]) for r in range(3)]
     assert len(set(firsts)) == len(ages) and (len(ages) < 3 or sorted(ages.tolist()) == [0, 1, 2])
+
+
+class _Softmax(torch.nn.Module):
+    """Multinomial logistic regression on 4x4 images: 16 x 3 + 3 = 51 parameters, so that
+    FedPA's covariance can be formed and solved directly."""
+
+    def __init__(self, input_shape, num_classes):
+        super().__init__()
+        self.fc = torch.nn.Linear(int(np.prod(input_shape)), num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(x, 1))
+
+
+def _softmax_world(monkeypatch, clients=3, sizes=None):
+    from emfl.nn import models
+
+    monkeypatch.setitem(models.MODELS, "softmax", _Softmax)
+    data = tiny_federation(clients=clients, n=12, m=4, shape=(1, 4, 4), classes=3)
+    if sizes is not None:  # clients of unequal sizes
+        data.train_x = [x[:n] for x, n in zip(data.train_x, sizes)]
+        data.train_y = [y[:n] for y, n in zip(data.train_y, sizes)]
+    return data
+
+
+def test_fedpa_client_delta_is_the_exact_shrinkage_solve(monkeypatch):
+    """The engine's client (IASG samples, then the O(l^2 d) delta) against a replay by hand: plain
+    SGD on the same minibatches, one average of the iterates per epoch after the first, and
+    ``fedpa.delta_exact`` (forming Sigma and solving) in float64."""
+    from torch.nn import functional as F
+
+    from emfl import fedpa
+    from emfl.nn.engine import ClientJob
+    from emfl.nn.models import load_state_vector, state_vector
+
+    data = _softmax_world(monkeypatch)
+    e = Engine(RunConfig(algo="fedpa", model="softmax", local_epochs=4, batch_size=4, rho=0.5, rounds=1,
+                         client_lr=0.1), data)
+    algo = e.algorithm
+    _, down = algo.server_message(e.server)
+    up = algo.client_update(down, ClientJob(0, 0, 1)).up
+    model = _Softmax((1, 4, 4), 3)
+    load_state_vector(model, down.values)
+    gen = ClientJob(0, 0, 1).gen
+    samples = []
+    for epoch in range(4):
+        iterates = []
+        for x, y in e.batches(1, gen):
+            grads = torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
+            with torch.no_grad():
+                for p, g in zip(model.parameters(), grads):
+                    p -= 0.1 * g
+            iterates.append(state_vector(model).double())
+        if epoch >= 1:
+            samples.append(torch.stack(iterates).mean(0).numpy())
+    expected = fedpa.delta_exact(np.stack(samples), down.values.double().numpy(), 0.5)
+    np.testing.assert_allclose(up["delta"].values.double().numpy(), expected, rtol=1e-4, atol=1e-6)
+    assert up["n"].value == 12 and up.nbytes == 4 * 51 + 4
+    fedavg_delta = down.values.double().numpy() - samples[-1]
+    assert not np.allclose(expected, fedavg_delta, rtol=1e-2)
+
+
+def test_fedpa_weights_the_deltas_by_example_counts(monkeypatch):
+    """Clients of 3, 6 and 12 examples; with server SGD at rate 1 the new model is
+    w - sum_s q_s Delta_s, q = (3, 6, 12) / 21, or q = 1/3 each with --fedpa-weighting uniform."""
+    data = _softmax_world(monkeypatch, sizes=[3, 6, 12])
+    runs = {}
+    for weighting in ("examples", "uniform"):
+        e = Engine(RunConfig(algo="fedpa", model="softmax", local_epochs=2, batch_size=3, rounds=1, clients_per_round=3,
+                             server_opt="sgd", server_lr=1.0, fedpa_weighting=weighting), data)
+        sent = []
+        update = e.algorithm.client_update
+        e.algorithm.client_update = lambda msg, job: sent.append((job.s, update(msg, job))) or sent[-1][1]
+        w0 = e.w.clone()
+        e.run_round()
+        runs[weighting] = (w0, e.w.clone(), {s: r.up["delta"].values for s, r in sent})
+    for weighting, q in (("examples", {0: 3 / 21, 1: 6 / 21, 2: 12 / 21}), ("uniform", {0: 1 / 3, 1: 1 / 3, 2: 1 / 3})):
+        w0, w1, deltas = runs[weighting]
+        expected = w0 - sum(q[s] * deltas[s] for s in range(3))
+        assert torch.allclose(w1, expected, atol=1e-6)
+    assert not torch.allclose(runs["examples"][1], runs["uniform"][1], atol=1e-4)

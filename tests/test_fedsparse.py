@@ -29,7 +29,8 @@ def test_group_map_matches_the_layers():
     assert torch.allclose(gmap.norms(w), expected.detach(), atol=1e-6)
     mask = torch.zeros(gmap.num_groups)
     mask[0] = 1  # conv1 filter 0 only: 3*5*5 weights + 1 bias
-    assert gmap.values_on(mask) == 5130 + 76
+    assert gmap.values_own(mask) == 5130 + 76  # own groups only: fc2 (dense) and the filter
+    assert gmap.values_on(mask) == 76 + 10  # structurally: nothing reads a live unit but fc2's biases
     full = gmap.expand(mask)
     assert int(full.sum()) == 5130 + 76
 
@@ -48,15 +49,46 @@ def test_gate_hooks_switch_channels_off():
     assert torch.allclose(model(x), dense)
 
 
+def _capture_uploads(e):
+    """Record every client's message of the engine's next rounds."""
+    sent, update = [], e.algorithm.client_update
+
+    def client_update(msg, job):
+        result = update(msg, job)
+        sent.append((msg, result.up))
+        return result
+
+    e.algorithm.client_update = client_update
+    return sent
+
+
+def lenet_alive(mask, layout):
+    """Values alive in the paper's LeNet-5 (3x32x32, 10 classes) from the units kept per layer."""
+    a1, a2, a3 = [int(mask[a:b].sum()) for a, b in layout.layer_slices]
+    return a1 * 76 + a2 * (a1 * 25 + 1) + a3 * (a2 * 25 + 1) + 10 * (a3 + 1)
+
+
 def test_a_fedsparse_round_accounts_what_is_sent():
     data = tiny_federation(clients=4, n=16, m=4)
-    e = Engine(RunConfig(algo="fedsparse", rounds=1, clients_per_round=2, batch_size=8), data)
-    G = e.algorithm.layout.num_groups
+    e = Engine(RunConfig(algo="fedsparse", lam0=1e-3, rounds=3, clients_per_round=2, batch_size=8), data)
+    layout = e.algorithm.layout
+    G = layout.num_groups
     assert torch.allclose(theta(e), torch.full((G,), 0.99), atol=1e-4)  # starts dense
-    info = e.run_round()
-    assert e.bytes_down == 2 * 4 * (e.d + G)  # every group survives, with its threshold
-    assert 0 < e.bytes_up <= 2 * (4 * e.d + (G + 7) // 8)
-    assert {"sparsity", "tv_mean", "tv_max"} <= set(info)
+    sent = _capture_uploads(e)
+    for rnd in range(3):
+        down_before, up_before = e.bytes_down, e.bytes_up
+        info = e.run_round()
+        ups = [up for _, up in sent[-2:]]
+        for up in ups:  # counted from the tensors on the wire, and by hand from the units kept
+            assert up.nbytes == len(up.encode()) == 4 * lenet_alive(up.mask, layout) + 608 // 8
+            assert int(torch.count_nonzero(up.values)) <= lenet_alive(up.mask, layout)
+        assert e.bytes_up - up_before == sum(len(up.encode()) for up in ups)
+        down = sent[-1][0]
+        keep = down["w"].mask
+        # the surviving values, a mask bit per unit, a threshold and an unsent norm per surviving unit
+        assert e.bytes_down - down_before == 2 * (len(down["w"].encode()) + 4 * 2 * int(keep.sum()))
+        assert len(down["w"].encode()) == 4 * lenet_alive(keep, layout) + 76
+    assert 0 < info["sparsity"] and info["sparsity_own"] < info["sparsity"]
     assert 0 <= info["tv_mean"] <= info["tv_max"] <= 1
 
 
@@ -69,11 +101,81 @@ def test_server_pruning_zeroes_groups_and_shrinks_the_download():
     a, b = e.algorithm.layout.layer_slices[0]
     in_conv1 = (e.algorithm.layout.group_of >= a) & (e.algorithm.layout.group_of < b)
     assert int(in_conv1.sum()) == 32 * 76 and torch.count_nonzero(e.w[in_conv1]) == 0
-    assert torch.count_nonzero(e.w[~in_conv1]) > 0.9 * (e.d - 32 * 76)
-    assert info["sparsity"] == pytest.approx(32 * 76 / e.d, rel=1e-6)
+    # structurally conv2 loses every weight too (all read conv1), its 64 biases stay alive
+    dead = 32 * 76 + 64 * 32 * 25
+    assert info["sparsity"] == pytest.approx(dead / e.d, rel=1e-6)
+    assert info["sparsity_own"] == pytest.approx(32 * 76 / e.d, rel=1e-6)
     before = e.bytes_down
     e.run_round()
-    assert e.bytes_down - before == 2 * 4 * (e.d - 32 * 76 + e.algorithm.layout.num_groups - 32)
+    G = e.algorithm.layout.num_groups
+    assert e.bytes_down - before == 2 * (4 * (e.d - dead) + G // 8 + 4 * 2 * (G - 32))
+
+
+def test_the_client_gets_the_server_norms_from_what_is_sent():
+    """A pruned unit's readers are not sent; the unsent squares per unit restore the norms, so
+    the client's theta equals the server's."""
+    data = tiny_federation(clients=4, n=16, m=4)
+    e = Engine(RunConfig(algo="fedsparse", rounds=2, clients_per_round=2, batch_size=8), data)
+    e.server["v"][:16] = 50.0  # half of conv1 off: conv2's rows lose half their columns on the wire
+    e.run_round()
+    algo = e.algorithm
+    state, down = algo.server_message(e.server)
+    server = algo.theta(state["w"], state["v"])
+    client = algo.theta(down["w"].values, down["v"].values, down["unsent"].values)
+    assert torch.allclose(client, server, atol=1e-3)  # float32 round-off, amplified by 1 / T
+    assert not torch.allclose(algo.theta(down["w"].values, down["v"].values), server, atol=0.1)
+
+
+def test_the_upload_is_a_bernoulli_sample_of_pi():
+    """z_s ~ Bern(pi_s): each unit's frequency over 2,000 uploads passes a two-sided binomial test."""
+    from scipy.stats import binomtest
+
+    data = tiny_federation(clients=4, n=16, m=4, shape=(1, 28, 28))
+    algo = Engine(RunConfig(algo="fedsparse", model="lenet5-classic", rounds=1), data).algorithm
+    pi = torch.linspace(0.02, 0.98, algo.layout.num_groups)
+    w = torch.randn(algo.layout.d)
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.stack([algo.upload(w, pi, gen).mask for _ in range(2000)])
+    counts = draws.sum(0)
+    for k in range(0, algo.layout.num_groups, 7):
+        assert binomtest(int(counts[k]), 2000, float(pi[k])).pvalue > 1e-4, (k, float(pi[k]), int(counts[k]))
+    up = algo.upload(w, pi, gen)
+    assert torch.equal(up.values, w * algo.layout.alive(up.mask))
+
+
+def test_more_lam0_gives_more_sparsity():
+    """On generated data (LeNet-5 classic, 28x28): 6 rounds at lam0 = 1e-6, 3e-6 and 1e-3; the
+    server model's sparsity grows with lam0 (none is pruned at the smallest)."""
+    data = tiny_federation(clients=4, n=32, m=4, shape=(1, 28, 28), seed=3)
+    out = []
+    for lam0 in (1e-6, 3e-6, 1e-3):
+        e = Engine(RunConfig(algo="fedsparse", model="lenet5-classic", lam0=lam0, rounds=6, clients_per_round=2,
+                             batch_size=8), data)
+        for _ in range(6):
+            info = e.run_round()
+        out.append(info["sparsity"])
+    assert out[0] < 0.01 and out[0] < out[1] < out[2], out
+
+
+def test_the_gate_cross_entropy_pulls_pi_toward_theta():
+    """With lam0 = 0 the prior's part of the loss is -1e-4 CE(pi, theta): a gradient step on the
+    client's thresholds moves pi from 1/2 up where theta = 0.9 and down where theta = 0.1."""
+    from emfl.nn import gates
+    from emfl.nn.algorithms.fedsparse import T, regulariser
+
+    norms = torch.tensor([1.0, 1.0])
+    v = gates.softplus_inverse(norms).clone().requires_grad_(True)  # tau = ||w||: pi = 1/2
+    pi = gates.gate_prob(norms, v, T)
+    assert torch.allclose(pi, torch.full((2,), 0.5))
+    theta = torch.tensor([0.9, 0.1])
+    regulariser(pi, theta, torch.tensor([3.0, 3.0]), lam0=0.0).backward()
+    with torch.no_grad():
+        after = gates.gate_prob(norms, v - 1e-3 * v.grad / v.grad.abs(), T)
+    assert after[0] > 0.5 > after[1]
+    # lam0 alone pulls every pi down, the larger group the harder
+    v2 = v.detach().clone().requires_grad_(True)
+    regulariser(gates.gate_prob(norms, v2, T), torch.full((2,), 0.5), torch.tensor([3.0, 30.0]), lam0=1.0).backward()
+    assert (v2.grad < 0).all() and v2.grad[1] < v2.grad[0]
 
 
 def test_fedsparse_resume_is_bit_identical(tmp_path):
@@ -103,10 +205,11 @@ def test_fedl1_thresholds_both_ways_and_counts_bytes():
     assert 0 < keep.sum() < layout.num_groups  # some groups start below the threshold
     info = e.run_round()
     G = layout.num_groups
-    # two clients, each sent the surviving groups (4 bytes a value) and a mask bit per group
-    expected_down = 2 * (4 * layout.values_on(keep) + (G + 7) // 8)
-    assert e.bytes_down == expected_down
-    assert e.bytes_up < 2 * 4 * e.d and info["sparsity"] == pytest.approx(float((layout.sizes * (1 - keep)).sum()) / e.d)
+    # two clients, each sent the alive values (4 bytes each), a mask bit per unit and an unsent norm per kept unit
+    assert e.bytes_down == 2 * (4 * lenet_alive(keep, layout) + (G + 7) // 8 + 4 * int(keep.sum()))
+    assert e.bytes_up < 2 * 4 * e.d
+    assert info["sparsity"] == pytest.approx(1 - lenet_alive(keep, layout) / e.d)
+    assert info["sparsity_own"] == pytest.approx(float((layout.sizes * (1 - keep)).sum()) / e.d)
     with pytest.raises(ValueError, match="fedl1 needs --lam > 0"):
         RunConfig(algo="fedl1")
 

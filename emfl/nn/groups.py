@@ -1,12 +1,25 @@
-"""Structured groups of a model: one group per conv output filter and per fc output neuron.
+"""Structured groups of a model: one unit per conv output filter and per fc output neuron.
 
-FedSparse (and the FedL1 and FedDrop baselines) switch whole groups on and off: a group is the
-weights that produce one output channel of a convolution, or one output of a linear layer, with
-its bias.  The output layer is left dense by default (pruning it would remove classes).
+FedSparse (and the FedL1 and FedDrop baselines) switch whole units on and off.  A unit owns the
+weights that produce its output (one row of the layer's weight), its bias, and, when a BatchNorm
+follows the layer, its BatchNorm scale, shift and running statistics: its *group*.  Once a unit is
+off, its output is exactly zero, so every weight of the next layer that *reads* it (a column of a
+linear layer; an input channel of a conv, for a conv -> fc boundary every spatial position of the
+channel) is dead as well: it changes nothing the model computes, and need not be sent or stored.
+That is the structural count the paper's "send only the subset of the model that has survived"
+asks for (:meth:`GroupMap.alive`).
 
-:class:`GroupMap` places the groups in the flat state vector (:func:`emfl.nn.models.state_vector`):
-group norms, masks spread over the vector, and the values a mask keeps.  :class:`GateHooks`
-multiplies each gated layer's outputs by its gates.  Everything outside the groups is dense.
+Where a unit is gated depends on the model: the output of its layer in a chain of conv and linear
+layers (the LeNets), the output of the BatchNorm after it in ResNet-20 (after the BatchNorm, so
+that a gate of 0 gives 0, not the BatchNorm's shift).  A model says where its gates go with a
+``gated_units()`` method (ResNet-20) or by being a chain (``chain = True``, or an
+``nn.Sequential`` of conv, linear, pooling and activation layers); FedSparse refuses any other
+model rather than gate units that cannot be pruned.  The output layer is left dense by default
+(pruning it would remove classes).
+
+:class:`GroupMap` places the units in the flat state vector (:func:`emfl.nn.models.state_vector`):
+group norms, masks spread over the vector, what a mask keeps alive.  :class:`GateHooks` multiplies
+each gated layer's outputs by its gates.
 """
 
 from __future__ import annotations
@@ -21,11 +34,25 @@ from emfl.nn.models import state_tensors
 __all__ = ["Layer", "prunable_layers", "group_norms", "group_sizes", "apply_group_masks", "dense_values",
            "GroupMap", "GateHooks"]
 
+_CHAIN_PARTS = (nn.Conv2d, nn.Linear, nn.ReLU, nn.Tanh, nn.Sigmoid, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten,
+                nn.Dropout)
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, eq=False)
 class Layer:
+    """A layer of gated units.
+
+    ``module``: the Conv2d or Linear whose weight rows are the units' own weights; ``gate``: the
+    module whose output channels the gates multiply (``module`` itself, or the BatchNorm right
+    after it); ``extras``: the other per-unit tensors of the group (bias, BatchNorm scale, shift and
+    running statistics; entry ``j`` belongs to unit ``j``); ``reader``: the Conv2d or Linear whose
+    inputs are these units (None for the output layer), its weight read as (out, units, span)."""
+
     name: str
     module: nn.Module
+    gate: nn.Module
+    extras: tuple = ()
+    reader: nn.Module | None = None
 
     @property
     def groups(self) -> int:
@@ -33,23 +60,63 @@ class Layer:
 
     @property
     def values_per_group(self) -> int:
-        """Parameters in one group: a row of the weight (all input channels x kernel) plus a bias."""
-        w = self.module.weight
-        return w[0].numel() + (1 if self.module.bias is not None else 0)
+        """Values of one group: a row of the weight (all inputs x kernel) plus one entry of each extra."""
+        return self.module.weight[0].numel() + len(self.extras)
+
+    @property
+    def values_read(self) -> int:
+        """Weights of the reader that read one unit (0 without a reader)."""
+        return 0 if self.reader is None else self.reader.weight.numel() // self.groups
+
+
+def _chain_layers(model: nn.Module) -> list:
+    """The conv and linear layers of a chain model, each read by the next."""
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    out = []
+    for k, (name, m) in enumerate(layers):
+        reader = layers[k + 1][1] if k + 1 < len(layers) else None
+        if reader is not None and reader.weight.shape[1] % m.weight.shape[0]:
+            raise ValueError(f"{name} has {m.weight.shape[0]} outputs but the next layer reads "
+                             f"{reader.weight.shape[1]} inputs: the model is not a chain of layers")
+        extras = () if m.bias is None else (m.bias,)
+        out.append(Layer(name, m, m, extras, reader))
+    return out
+
+
+def _is_chain(model: nn.Module) -> bool:
+    if getattr(model, "chain", False):
+        return True
+    return isinstance(model, nn.Sequential) and all(isinstance(m, _CHAIN_PARTS) for m in model)
 
 
 def prunable_layers(model: nn.Module, prune_output: bool = False) -> list:
-    """The conv and linear layers whose outputs are gated, in forward order of definition."""
-    layers = [Layer(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    """The layers whose units are gated, in forward order: the model's own ``gated_units()``, or
+    every conv and linear layer of a chain model (the output layer only if ``prune_output``)."""
+    if hasattr(model, "gated_units"):
+        if prune_output:
+            raise ValueError(f"{type(model).__name__} cannot gate its output layer")
+        layers = list(model.gated_units())
+    elif _is_chain(model):
+        layers = _chain_layers(model)
+        if not layers:
+            raise ValueError("the model has no Conv2d or Linear layer to gate")
+        if not prune_output and layers[-1].reader is None and isinstance(layers[-1].module, nn.Linear):
+            layers = layers[:-1]
+    else:
+        if not any(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules()):
+            raise ValueError("the model has no Conv2d or Linear layer to gate")
+        raise ValueError(
+            f"cannot place gates in {type(model).__name__}: a gate must switch a unit's output to exactly "
+            "zero, which needs to know what follows each layer (a BatchNorm, a shortcut). Give the model a "
+            "gated_units() method (see emfl.nn.models.ResNet20) or set chain = True if its conv and linear "
+            "layers each read only the previous one")
     if not layers:
         raise ValueError("the model has no Conv2d or Linear layer to gate")
-    if not prune_output and isinstance(layers[-1].module, nn.Linear):
-        layers = layers[:-1]
     return layers
 
 
 def group_norms(layer: Layer) -> torch.Tensor:
-    """``||w_g||_2`` of each group's weights (bias excluded), shape (groups,)."""
+    """``||w_g||_2`` of each group's weight row (bias and BatchNorm values excluded), shape (groups,)."""
     w = layer.module.weight
     return w.reshape(w.shape[0], -1).norm(dim=1)
 
@@ -61,7 +128,7 @@ def group_sizes(layers: list) -> torch.Tensor:
 
 @torch.no_grad()
 def apply_group_masks(layers: list, masks: list) -> None:
-    """Zero the weights and bias of every group whose mask entry is 0 (in place)."""
+    """Zero every value of each group whose mask entry is 0 (in place)."""
     if len(masks) != len(layers):
         raise ValueError(f"need one mask per layer ({len(layers)}); got {len(masks)}")
     for layer, m in zip(layers, masks):
@@ -69,20 +136,22 @@ def apply_group_masks(layers: list, masks: list) -> None:
             raise ValueError(f"mask for {layer.name} must have shape ({layer.groups},); got {tuple(m.shape)}")
         w = layer.module.weight
         w.mul_(m.view(-1, *([1] * (w.dim() - 1))).to(w.dtype))
-        if layer.module.bias is not None:
-            layer.module.bias.mul_(m.to(w.dtype))
+        for t in layer.extras:
+            t.mul_(m.to(t.dtype))
 
 
 def dense_values(model: nn.Module, layers: list) -> int:
-    """Parameters outside the gated groups (always sent dense)."""
+    """Parameters outside the gated groups."""
     gated = sum(l.groups * l.values_per_group for l in layers)
     return sum(p.numel() for p in model.parameters()) - gated
 
 
 class GroupMap:
-    """Positions of every gated group in the flat state vector of ``model`` (as
-    :func:`emfl.nn.models.state_vector` lays it out: parameters, then float buffers).  Norms use a
-    group's weight row only; its bias belongs to the group too."""
+    """Positions of every gated unit in the flat state vector of ``model`` (laid out as
+    :func:`emfl.nn.models.state_vector` does: parameters, then float buffers).
+
+    ``group_of[i]``: the unit whose group holds value ``i`` (-1: none); ``reads_of[i]``: the unit
+    that weight ``i`` reads (-1: none).  A value is alive under a unit mask when neither is off."""
 
     def __init__(self, model: nn.Module, prune_output: bool = False):
         self.layers = prunable_layers(model, prune_output)
@@ -90,9 +159,10 @@ class GroupMap:
         for t in state_tensors(model):
             offsets[id(t)] = i
             i += t.numel()
-        d = i
+        self.d = d = i
         self.group_of = torch.full((d,), -1, dtype=torch.int64)
         self.weight_of = torch.full((d,), -1, dtype=torch.int64)
+        self.reads_of = torch.full((d,), -1, dtype=torch.int64)
         sizes, first = [], 0
         self.layer_slices = []
         for layer in self.layers:
@@ -102,56 +172,87 @@ class GroupMap:
             idx = torch.arange(first, first + G).repeat_interleave(per)
             self.group_of[w0:w0 + G * per] = idx
             self.weight_of[w0:w0 + G * per] = idx
-            if m.bias is not None:
-                b0 = offsets[id(m.bias)]
-                self.group_of[b0:b0 + G] = torch.arange(first, first + G)
-            sizes.append(torch.full((G,), per + (m.bias is not None), dtype=torch.int64))
+            for t in layer.extras:
+                if t.shape != (G,):
+                    raise ValueError(f"{layer.name}: an extra tensor of a unit must have shape ({G},)")
+                e0 = offsets[id(t)]
+                self.group_of[e0:e0 + G] = torch.arange(first, first + G)
+            if layer.reader is not None:
+                rw = layer.reader.weight
+                r0, row = offsets[id(rw)], rw[0].numel()
+                span = row // G  # inputs per unit: a conv's kernel, or a channel's spatial positions
+                self.reads_of[r0:r0 + rw.numel()] = (torch.arange(row) // span + first).repeat(rw.shape[0])
+            sizes.append(torch.full((G,), layer.values_per_group, dtype=torch.int64))
             self.layer_slices.append((first, first + G))
             first += G
         self.sizes = torch.cat(sizes)
         self.num_groups = first
-        self.dense = int((self.group_of < 0).sum())
+        self.dense = int((self.group_of < 0).sum())  # values in no group (they may still read a unit)
         self._wsel = self.weight_of >= 0
         self._gsel = self.group_of >= 0
+        self._rsel = self.reads_of >= 0
 
-    def norms(self, w: torch.Tensor) -> torch.Tensor:
-        """``||w_g||_2`` of every group's weight row, shape (groups,)."""
+    def norms(self, w: torch.Tensor, unsent_sq: torch.Tensor | None = None) -> torch.Tensor:
+        """``||w_g||_2`` of every group's weight row, shape (groups,); ``unsent_sq`` adds the
+        squares of the row's values a message left out (:meth:`unsent_sq`)."""
         sq = torch.zeros(self.num_groups, dtype=w.dtype, device=w.device)
         sq.index_add_(0, self.weight_of[self._wsel].to(w.device), w[self._wsel.to(w.device)] ** 2)
-        return sq.sqrt()
+        return (sq if unsent_sq is None else sq + unsent_sq).sqrt()
+
+    def unsent_sq(self, w: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Per unit, the sum of squares of its weight-row values that read an off unit of ``mask``:
+        dead, so not sent, but part of ``||w_g||``.  With it the receiver gets the exact norms
+        (``norms(received, unsent_sq)``); it is one value per surviving unit."""
+        dead = self._wsel.to(w.device) & (self.alive(mask.to(w.dtype)) == 0)
+        sq = torch.zeros(self.num_groups, dtype=w.dtype, device=w.device)
+        sq.index_add_(0, self.weight_of[dead.cpu()].to(w.device), w[dead] ** 2)
+        return sq * mask.to(w.dtype)
 
     def expand(self, mask: torch.Tensor) -> torch.Tensor:
-        """A per-group mask spread over the state vector; dense values get 1."""
+        """A per-unit mask spread over each unit's own group; values in no group get 1."""
         full = torch.ones(self.group_of.shape, dtype=mask.dtype, device=mask.device)
         full[self._gsel.to(mask.device)] = mask[self.group_of[self._gsel].to(mask.device)]
         return full
 
+    def alive(self, mask: torch.Tensor) -> torch.Tensor:
+        """The structural mask (same dtype as ``mask``): 1 for a value that still matters when the
+        units with ``mask == 0`` are off, 0 for the off units' own groups and every weight that
+        reads an off unit."""
+        full = self.expand(mask)
+        sel = self._rsel.to(mask.device)
+        full[sel] = full[sel] * mask[self.reads_of[sel].to(mask.device)]
+        return full
+
+    def own_off(self, mask: torch.Tensor) -> torch.Tensor:
+        """Boolean: the values of the own groups of the units with ``mask == 0``."""
+        return self.expand(mask) == 0
+
     def values_on(self, mask: torch.Tensor) -> int:
-        """Values sent when only the groups with ``mask == 1`` are sent (plus the dense values)."""
+        """Values alive under ``mask`` (structural count: off units remove their readers too)."""
+        return int(self.alive(mask).sum())
+
+    def values_own(self, mask: torch.Tensor) -> int:
+        """Values left when the off units remove only their own groups (the readers stay)."""
         return self.dense + int((self.sizes.to(mask.device) * (mask > 0)).sum())
 
+    def sparsity(self, keep: torch.Tensor) -> dict:
+        """The record's two sparsities of a model whose units ``keep`` survive: ``sparsity``, the
+        share of values pruned structurally (own groups and their readers); ``sparsity_own``, the
+        share in the pruned units' own groups only."""
+        return {"sparsity": 1 - self.values_on(keep) / self.d, "sparsity_own": 1 - self.values_own(keep) / self.d}
+
     def submodel_values(self, units: torch.Tensor) -> int:
-        """Parameters of the sub-model that keeps the units ``units`` (one entry per group, output
-        layer included when it is gated): each kept unit's weights from the kept units of the layer
-        before, and its bias.  The layers must form a chain (each one reads the previous one)."""
-        total, prev = 0, None
-        for (a, b), layer in zip(self.layer_slices, self.layers):
-            kept = int(units[a:b].sum())
-            per_unit = layer.module.weight[0].numel()
-            if prev is not None:  # inputs from dropped units of the previous layer are removed too
-                per_unit = per_unit * prev[1] // prev[0]
-            total += kept * per_unit + (kept if layer.module.bias is not None else 0)
-            prev = (layer.groups, kept)
-        return total
+        """Parameters of the sub-model that keeps the units ``units``: the values alive under it."""
+        return self.values_on(units)
 
 
 class GateHooks:
-    """Multiplies each gated layer's output channels by gates ``z`` (None: no gating)."""
+    """Multiplies the output channels of each layer's ``gate`` module by gates ``z`` (None: no gating)."""
 
     def __init__(self, group_map: GroupMap):
         self.map = group_map
         self.z = None
-        self._handles = [layer.module.register_forward_hook(self._hook(k)) for k, layer in enumerate(group_map.layers)]
+        self._handles = [layer.gate.register_forward_hook(self._hook(k)) for k, layer in enumerate(group_map.layers)]
 
     def _hook(self, k):
         def hook(module, inputs, output):

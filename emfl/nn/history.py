@@ -10,7 +10,7 @@ import numpy as np
 __all__ = ["load_history", "column", "plot_metric", "summary", "method_name", "record_at", "load_runs",
            "comparison", "format_comparison", "cut", "gib_to_reach", "plot_runs", "quick_mode", "PAPER"]
 
-METRICS = ("global_acc", "local_acc", "cum_gib", "round", "seconds", "train_loss", "sparsity", "tv_mean", "tv_max")
+METRICS = ("global_acc", "local_acc", "cum_gib", "round", "seconds", "train_loss", "sparsity", "sparsity_own", "tv_mean", "tv_max")
 
 # The paper's Tables 1 (CIFAR-10, 1,000 rounds) and 3 (FEMNIST, 6,000 rounds), mean of 3 seeds:
 # global accuracy %, local accuracy %, GB communicated (GiB, see tutorial 03b), sparsity %.

@@ -7,11 +7,13 @@ sent) so that the receiver can compute with it directly; the size counts only wh
 would put on the wire.
 
 * :class:`Dense`: every value of a vector: ``4 d`` bytes;
-* :class:`GroupSparse`: the values of the groups whose mask is 1, the values outside any group,
-  and the mask: ``4 (dense + sum_g m_g |g|) + ceil(G / 8)``;
+* :class:`GroupSparse`: the values still alive when the units whose mask is 0 are off (their own
+  groups and every weight that reads them are left out, :meth:`GroupMap.alive`), and the mask:
+  ``4 |alive| + ceil(G / 8)``;
 * :class:`SubModel`: a structurally smaller model (kept units, without the inputs of the dropped
-  units of the layer before): 4 bytes per parameter of the sub-model;
-* :class:`Thresholds`: one value per group present: ``4 sum_g m_g``;
+  units of the layer before): 4 bytes per parameter of the sub-model, the same structural count;
+* :class:`PerGroup` (alias ``Thresholds``): one value per group present: ``4 sum_g m_g``;
+* :class:`Count`: a whole number (a client's example count): 4 bytes;
 * :class:`Bundle`: named parts sent together (a model and a control variate): the sum of the parts.
 """
 
@@ -25,7 +27,7 @@ import torch
 
 from emfl.nn.groups import GroupMap
 
-__all__ = ["FLOAT_BYTES", "Message", "Dense", "GroupSparse", "SubModel", "Thresholds", "Bundle", "mask_bytes"]
+__all__ = ["FLOAT_BYTES", "Message", "Dense", "GroupSparse", "SubModel", "PerGroup", "Thresholds", "Count", "Bundle", "mask_bytes"]
 
 FLOAT_BYTES = 4  # a float32 value
 
@@ -56,20 +58,57 @@ class Dense(Message):
 
 @dataclass(frozen=True, eq=False)
 class GroupSparse(Message):
-    """Structured-sparse values: only the groups of ``layout`` whose ``mask`` is 1 (and every value
-    outside the groups); ``values`` is zero elsewhere.  ``mask_bits``: whether the mask itself is
-    sent, one bit per group (FedSparse's download leaves it out: it sends one threshold per
-    surviving group instead, see :class:`Thresholds`)."""
+    """Structured-sparse values: the units of ``layout`` with ``mask == 0`` are off, and neither
+    their own groups nor the weights that read them are sent (:meth:`GroupMap.alive`); every
+    other value is.  ``values`` is what the receiver reconstructs: zero wherever nothing was sent
+    (the constructor zeroes those entries).  ``mask_bits``: whether the mask is sent, one bit per
+    group (the receiver needs it to place the values)."""
 
     values: torch.Tensor
     mask: torch.Tensor
     layout: GroupMap
     mask_bits: bool = True
 
+    def __post_init__(self):
+        object.__setattr__(self, "values", self.values * self.alive)
+
+    @cached_property
+    def alive(self) -> torch.Tensor:
+        """1 where a value is sent, 0 where it is not (float, as ``values``)."""
+        return self.layout.alive(self.mask.to(self.values.dtype))
+
     @cached_property
     def nbytes(self) -> int:
         bits = mask_bytes(self.layout.num_groups) if self.mask_bits else 0
-        return FLOAT_BYTES * self.layout.values_on(self.mask) + bits
+        return FLOAT_BYTES * int(self.alive.sum()) + bits
+
+    def encode(self) -> bytes:
+        """The wire format: the mask packed 8 units a byte (if sent), then the alive values as
+        little-endian float32 in state-vector order.  ``len(encode()) == nbytes``."""
+        import numpy as np
+
+        head = np.packbits(self.mask.cpu().numpy() > 0).tobytes() if self.mask_bits else b""
+        sent = self.values.detach().cpu()[self.alive.cpu() > 0].numpy().astype("<f4")
+        return head + sent.tobytes()
+
+    @classmethod
+    def decode(cls, blob: bytes, layout: GroupMap, mask: torch.Tensor | None = None) -> "GroupSparse":
+        """The message from its wire format (``mask``: when the mask was not in it)."""
+        import numpy as np
+
+        G = layout.num_groups
+        if mask is None:
+            bits = np.unpackbits(np.frombuffer(blob[:mask_bytes(G)], dtype=np.uint8))[:G]
+            mask, blob, mask_bits = torch.from_numpy(bits.astype(np.float32)), blob[mask_bytes(G):], True
+        else:
+            mask_bits = False
+        alive = layout.alive(mask.float()) > 0
+        sent = np.frombuffer(blob, dtype="<f4")
+        if sent.size != int(alive.sum()):
+            raise ValueError(f"a group-sparse message for this mask holds {int(alive.sum())} values; got {sent.size}")
+        values = torch.zeros(layout.d)
+        values[alive] = torch.from_numpy(sent.copy())
+        return cls(values, mask, layout, mask_bits)
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,9 +128,9 @@ class SubModel(Message):
 
 
 @dataclass(frozen=True, eq=False)
-class Thresholds(Message):
-    """One value per group (a gate threshold), sent for the groups with ``mask == 1`` only
-    (all of them when ``mask`` is None)."""
+class PerGroup(Message):
+    """One value per group (a gate threshold, the norm of a unit's unsent inputs), sent for the
+    groups with ``mask == 1`` only (all of them when ``mask`` is None)."""
 
     values: torch.Tensor
     mask: torch.Tensor | None = None
@@ -100,6 +139,20 @@ class Thresholds(Message):
     def nbytes(self) -> int:
         sent = self.values.numel() if self.mask is None else int(self.mask.sum())
         return FLOAT_BYTES * sent
+
+
+Thresholds = PerGroup
+
+
+@dataclass(frozen=True, eq=False)
+class Count(Message):
+    """A whole number sent as one 32-bit integer (a client's example count)."""
+
+    value: int
+
+    @property
+    def nbytes(self) -> int:
+        return 4
 
 
 class Bundle(Message):

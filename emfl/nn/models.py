@@ -25,6 +25,8 @@ def _flat_size(input_shape, features: nn.Module) -> int:
 class LeNet5(nn.Module):
     """The EM paper's LeNet-5: conv 32 -> pool -> conv 64 -> pool -> fc 512 -> fc classes."""
 
+    chain = True  # each conv / linear layer reads only the one before (emfl.nn.groups)
+
     def __init__(self, input_shape=(3, 32, 32), num_classes: int = 10):
         super().__init__()
         c = input_shape[0]
@@ -43,6 +45,8 @@ class LeNet5(nn.Module):
 
 class LeNet5Classic(nn.Module):
     """LeCun et al.'s LeNet-5 shape: conv 6 -> pool -> conv 16 -> pool -> fc 120 -> fc 84 -> fc."""
+
+    chain = True
 
     def __init__(self, input_shape=(3, 32, 32), num_classes: int = 10):
         super().__init__()
@@ -78,7 +82,14 @@ class _Block(nn.Module):
 
 
 class ResNet20(nn.Module):
-    """He et al.'s ResNet-20 for 32x32 images: 3 stages of 3 basic blocks, 16/32/64 channels."""
+    """He et al.'s ResNet-20 for 32x32 images: 3 stages of 3 basic blocks, 16/32/64 channels.
+
+    Gated units (:meth:`gated_units`): the inner channels of every block (conv1 -> BatchNorm ->
+    gate -> ReLU -> conv2), 16 x 3 + 32 x 3 + 64 x 3 = 336 of them.  The gate sits after the
+    BatchNorm, so a closed gate gives exactly 0 (before it, the BatchNorm would turn 0 into its
+    shift).  The channels of the residual stream (the first conv, each block's conv2 and
+    shortcut) are summed with a shortcut, so switching one of them off would not remove the
+    channel: they stay dense, and so does the output layer."""
 
     def __init__(self, input_shape=(3, 32, 32), num_classes: int = 10):
         super().__init__()
@@ -91,6 +102,18 @@ class ResNet20(nn.Module):
                 cin = cout
         self.layers = nn.Sequential(*layers)
         self.fc = nn.Linear(64, num_classes)
+
+    def gated_units(self) -> list:
+        """One :class:`emfl.nn.groups.Layer` per block: the units of its conv1, gated after bn1,
+        each owning its conv1 filter and its bn1 scale, shift and running statistics; read by conv2."""
+        from emfl.nn.groups import Layer
+
+        out = []
+        for i, blk in enumerate(self.layers):
+            bn = blk.bn1
+            out.append(Layer(f"layers.{i}.conv1", blk.conv1, bn, (bn.weight, bn.bias, bn.running_mean, bn.running_var),
+                             blk.conv2))
+        return out
 
     def forward(self, x):
         x = self.layers(F.relu(self.bn(self.conv(x))))

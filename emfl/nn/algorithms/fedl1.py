@@ -3,13 +3,16 @@
 Prior: ``p(phi_s) ~ exp(-lam sum_g ||phi_sg||_2)`` over the groups of :mod:`emfl.nn.groups`
 (a conv filter, an fc neuron; the output layer stays dense).
 
-* Server's message: its model with every group of ``||w_g|| <= lam`` zeroed (Eq. 25): the
-  surviving groups and a mask bit per group (:class:`~emfl.nn.messages.GroupSparse`).
+* Server's message: its model with every unit of ``||w_g|| <= lam`` switched off (Eq. 25): the
+  values still alive (a switched-off unit takes its own group and every weight that reads it) and a
+  mask bit per unit (:class:`~emfl.nn.messages.GroupSparse`).
 * Client (E-step, Eq. 24): SGD on the mean batch loss plus ``lam sum_g ||phi_sg||``.
 * Client's message: its model thresholded the same way (Eq. 25), group-sparse.
 * Server (M-step): the difference gradient to its own, unthresholded ``w``:
-  ``mean_s (w - phi_s)``, one optimiser step.  The record's ``sparsity`` is the share of values
-  the round's message left out.
+  ``mean_s (w - phi_s)``, one optimiser step.  A unit the client switched off is zero (Eq. 25's
+  posterior mode); a weight that reads such a unit was not sent and carries no information, so
+  its difference is 0.  The record's ``sparsity`` is the structural share of values the round's
+  message left out, ``sparsity_own`` the share of the switched-off units' own groups.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import torch
 from emfl.nn.algorithms.base import ClientResult, check_positive, setting
 from emfl.nn.algorithms.fedavg import FedAvg
 from emfl.nn.groups import GroupMap
-from emfl.nn.messages import GroupSparse
+from emfl.nn.messages import Bundle, GroupSparse, PerGroup
 from emfl.nn.models import load_state_vector
 
 __all__ = ["FedL1", "Params"]
@@ -46,37 +49,49 @@ class FedL1(FedAvg):
     def __init__(self, params, run):
         super().__init__(params, run)
         self.layout = GroupMap(run.model)
-        self.weights = [f"{layer.name}.weight" for layer in self.layout.layers]
 
-    def threshold(self, w: torch.Tensor) -> tuple:
-        """Eq. 25: ``(w with every group of ||w_g|| <= lam zeroed, the mask of the kept groups)``."""
-        keep = (self.layout.norms(w) > self.params.lam).float()
-        return w * self.layout.expand(keep), keep
+    def threshold(self, w: torch.Tensor, unsent_sq=None) -> tuple:
+        """Eq. 25: ``(w with every unit of ||w_g|| <= lam switched off, the mask of the kept units)``;
+        an off unit's own group and the weights that read it are zeroed.  ``unsent_sq``: the
+        squares of each row's values that were not received (:meth:`GroupMap.unsent_sq`)."""
+        keep = (self.layout.norms(w, unsent_sq) > self.params.lam).float()
+        return w * self.layout.alive(keep), keep
 
     def server_message(self, state: dict) -> tuple:
-        return state, GroupSparse(*self.threshold(state["w"]), self.layout)
+        # the surviving values and a mask bit per unit; per surviving unit, the sum of squares of
+        # its dead inputs, so that the client's norms ||w_g|| (penalty and threshold) are the server's
+        w, keep = self.threshold(state["w"])
+        return state, Bundle(w=GroupSparse(w, keep, self.layout),
+                             unsent=PerGroup(self.layout.unsent_sq(state["w"], keep), keep))
+
+    def start(self, msg: Bundle) -> torch.Tensor:
+        return msg["w"].values
+
+    def local_prior(self, msg: Bundle, job) -> dict:
+        u = msg["unsent"].values.sqrt()
+        return {"unsent": {l.name: u[a:b] for l, (a, b) in zip(self.layout.layers, self.layout.layer_slices)}}
 
     def local_loss(self, p: dict, x, y, prior: dict):
         loss = self.data_loss(p, x, y)
-        for name in self.weights:  # Eq. 24: lam sum_g ||w_g||
-            wt = p[name]
-            loss = loss + self.params.lam * wt.reshape(wt.shape[0], -1).norm(dim=1).sum()
+        for layer in self.layout.layers:  # Eq. 24: lam sum_g ||w_g||, the unsent inputs included
+            wt = p[f"{layer.name}.weight"]
+            rows = torch.cat([wt.reshape(wt.shape[0], -1), prior["unsent"][layer.name].unsqueeze(1)], dim=1)
+            loss = loss + self.params.lam * torch.linalg.vector_norm(rows, dim=1).sum()
         return loss
 
     def finish(self, msg, job, w_s: torch.Tensor, losses: list) -> ClientResult:
-        w_s, keep = self.threshold(w_s)
+        w_s, keep = self.threshold(w_s, msg["unsent"].values)
         load_state_vector(self.run.model, w_s)  # the local model is the one sent
         return ClientResult(GroupSparse(w_s, keep, self.layout), float(np.mean(losses)))
 
     def m_step(self, state: dict, down, results: list) -> tuple:
-        w, sent = state["w"], down.values
+        w = state["w"]
         total = torch.zeros_like(w)
-        for r in results:
-            total += sent - r.up.values
-        total = total + len(results) * (w - sent)  # differences to the server's own w
+        for r in results:  # differences to the server's own w; none where nothing was sent
+            unsent = (r.up.alive == 0) & ~self.layout.own_off(r.up.mask)
+            total += torch.where(unsent, torch.zeros_like(w), w - r.up.values)
         w, opt = self.difference_step(state, total, len(results))
-        sparsity = float((self.layout.sizes * (1 - down.mask)).sum()) / self.run.d
-        return {**state, "w": w, "opt": opt}, {"sparsity": sparsity}
+        return {**state, "w": w, "opt": opt}, self.layout.sparsity(down["w"].mask)
 
     def server_model(self, state: dict) -> torch.Tensor:
         return self.threshold(state["w"])[0]  # the model the server sends (Eq. 25)

@@ -8,8 +8,10 @@ Prior: a Gaussian around ``w``, with the client's posterior approximated as a Ga
   ``Sigma_s = rho_l I + (1 - rho_l) S`` and the delta ``Sigma_s^{-1} (w - mu_s)`` in O(l^2 d)
   (:func:`emfl.fedpa.delta_dp`).  In the first ``fedpa_burnin_rounds`` rounds the delta is
   FedAvg's ``w - phi_s``.
-* Client's message: its delta (dense).
-* Server (M-step): one server-optimiser step on the mean delta.
+* Client's message: its delta (dense) and its number of training examples ``n_s``.
+* Server (M-step): one server-optimiser step on the mean delta, weighted by the clients' example
+  counts ``n_s / sum n`` (as the reference implementations do) or uniform
+  (``--fedpa-weighting uniform``).
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ import torch
 from torch.nn import functional as F
 
 from emfl import fedpa as fedpa_lib
-from emfl.nn.algorithms.base import ClientResult, check_nonnegative, check_whole, local_sgd, setting
+from emfl.nn.algorithms.base import ClientResult, check_choice, check_nonnegative, check_whole, local_sgd, setting
 from emfl.nn.algorithms.fedavg import FedAvg
-from emfl.nn.messages import Dense
+from emfl.nn.messages import Bundle, Count, Dense
 from emfl.nn.models import load_state_vector, state_vector
 
 __all__ = ["FedPA", "Params"]
@@ -33,10 +35,13 @@ __all__ = ["FedPA", "Params"]
 class Params:
     rho: float = setting(0.01, "shrinkage rho of the covariance estimate")
     fedpa_burnin_rounds: int = setting(0, "rounds run as FedAvg first")
+    fedpa_weighting: str = setting("examples", "the server's mean of the deltas: weighted by the clients' "
+                                               "example counts (examples) or uniform", choices=("examples", "uniform"))
 
     def __post_init__(self):
         check_nonnegative("rho", self.rho)
         check_whole("fedpa_burnin_rounds", self.fedpa_burnin_rounds)
+        check_choice("fedpa_weighting", self.fedpa_weighting, ("examples", "uniform"))
 
 
 class FedPA(FedAvg):
@@ -72,11 +77,15 @@ class FedPA(FedAvg):
             delta = fedpa_lib.delta_dp(samples, w, self.params.rho)
         else:
             delta = w - state_vector(model)
-        return ClientResult(Dense(delta), float(np.mean(losses)))
+        n_s = len(self.run.data.train_y[job.s])
+        return ClientResult(Bundle(delta=Dense(delta), n=Count(n_s)), float(np.mean(losses)))
 
     def m_step(self, state: dict, down, results: list) -> tuple:
+        counts = [r.up["n"].value for r in results]
+        if self.params.fedpa_weighting == "uniform":
+            counts = [1] * len(results)
         total = torch.zeros_like(state["w"])
-        for r in results:
-            total += r.up.values  # sum_s Sigma_s^{-1} (w - mu_s)
-        w, opt = self.difference_step(state, total, len(results))
+        for r, n_s in zip(results, counts):
+            total += (n_s / sum(counts)) * r.up["delta"].values  # sum_s q_s Sigma_s^{-1} (w - mu_s)
+        w, opt = self.difference_step(state, total, 1)
         return {**state, "w": w, "opt": opt}, {}

@@ -5,17 +5,25 @@ Prior: every group ``g`` (a conv filter, an fc neuron) of a client's model is sw
 gate ``z_sg ~ Bern(theta_g)`` (spike at 0, slab around ``w``), with
 ``theta_g = sigmoid((||w_g|| - tau_g) / T)``, ``tau = softplus(v)`` (Appendix H; :mod:`emfl.nn.gates`).
 
-* Server's message (Algorithm 1, lines 3-5): prune the groups with ``theta_g <= eps`` and send the
-  surviving groups of ``w`` with their thresholds ``v``.
+* Server's message (Algorithm 1, lines 3-5): prune the units with ``theta_g <= eps`` and send
+  "only the subset of the model that has survived": the values still alive (a pruned unit takes
+  its own group and every weight that reads it, :meth:`emfl.nn.groups.GroupMap.alive`), a mask
+  bit per unit and the surviving units' thresholds ``v``.
 * Client (E-step, Algorithm 2): from ``w_s, v_s = w, v``, SGD on the weights and Adamax on the
   thresholds of the local objective Eq. 41 with ``lam = 0``: the data loss under hard-concrete
   gates with ``P(z > 0) = pi_s``, plus ``lam0 sum_g |g| pi_sg`` (the L0 cost of every value of a
   group) minus ``1e-4`` times the gates' cross-entropy to ``theta`` (Eq. 38).
-* Client's message: an exact binary sample ``z_s ~ Bern(pi_s)`` and the switched-on groups of
-  ``w_s`` (group-sparse with one mask bit per group).
-* Server (M-step, Algorithm 1): ``grad_w = sum_s z_s (w - w_s)``, ``grad_v`` from the gates
+* Client's message: an exact binary sample ``z_s ~ Bern(pi_s)`` and the values of ``w_s`` still
+  alive in the local model it switched on (group-sparse, one mask bit per unit).
+* Server (M-step, Algorithm 1): ``grad_w = sum_s a_s (w - w_s)``, with ``a_s`` the client's
+  structural mask: ``z_s`` on the units' own groups, and 0 on the weights that read a unit the
+  client switched off (they do not enter its likelihood, so their posterior mode is the prior's
+  centre ``w``: a zero difference).  ``grad_v`` from the gates
   (:func:`emfl.nn.gates.server_v_gradient`), Adam on ``w`` and Adamax on ``v``, then prune again so
   that the server model is always the pruned one.
+
+The record's ``sparsity`` is the structural share of the server model's values pruned (own
+groups and their readers); ``sparsity_own`` counts the pruned units' own groups only.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from torch.nn import functional as F
 from emfl.nn import gates
 from emfl.nn.algorithms.base import Algorithm, ClientResult, check_choice, check_nonnegative, setting
 from emfl.nn.groups import GateHooks, GroupMap, group_norms
-from emfl.nn.messages import Bundle, GroupSparse, Thresholds
+from emfl.nn.messages import Bundle, GroupSparse, PerGroup
 from emfl.nn.models import load_state_vector, state_vector
 from emfl.optim import adamax
 
@@ -78,12 +86,15 @@ class FedSparse(Algorithm):
         v = gates.init_threshold(self.layout.norms(w), THETA0, T)  # theta = 0.99: a dense start
         return {"w": w, "v": v, "opt": self.server_opt.init(w), "v_opt": self.v_opt.init(v)}
 
-    def theta(self, w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """``theta = sigmoid((||w_g|| - softplus(v_g)) / T)``: the prior's gate probabilities."""
-        return gates.gate_prob(self.layout.norms(w), v, T)
+    def theta(self, w: torch.Tensor, v: torch.Tensor, unsent_sq=None) -> torch.Tensor:
+        """``theta = sigmoid((||w_g|| - softplus(v_g)) / T)``: the prior's gate probabilities
+        (``unsent_sq``: the squares a message left out of each row, see :meth:`GroupMap.unsent_sq`)."""
+        return gates.gate_prob(self.layout.norms(w, unsent_sq), v, T)
 
     def prune(self, w: torch.Tensor, v: torch.Tensor) -> tuple:
-        """``(I[theta > eps] w, I[theta > eps])``: the model without its pruned groups."""
+        """``(I[theta > eps] w, I[theta > eps])``: the model with its pruned units' groups zeroed.
+        The weights that read a pruned unit are dead (they multiply a zero); the server keeps them,
+        since they are part of the norms ``||w_g||`` of the units that own them, but never sends them."""
         keep = (self.theta(w, v) > PRUNE).float()
         return w * self.layout.expand(keep), keep
 
@@ -91,13 +102,16 @@ class FedSparse(Algorithm):
     def server_message(self, state: dict) -> tuple:
         w, keep = self.prune(state["w"], state["v"])  # w <- I[theta > eps] w
         state = {**state, "w": w}
-        return state, Bundle(w=GroupSparse(w, keep, self.layout, mask_bits=False), v=Thresholds(state["v"], keep))
+        # the surviving values with a mask bit per unit; per surviving unit its threshold and the
+        # sum of squares of its dead inputs, so that the client's norms ||w_g|| are the server's
+        return state, Bundle(w=GroupSparse(w, keep, self.layout), v=PerGroup(state["v"], keep),
+                             unsent=PerGroup(self.layout.unsent_sq(w, keep), keep))
 
     # ------------------------------------------------------------------ Algorithm 2
     def client_update(self, msg: Bundle, job) -> ClientResult:
         run, model, layout, lam0 = self.run, self.run.model, self.layout, self.params.lam0
-        w, v = msg["w"].values, msg["v"].values  # get w, v from the server
-        theta = self.theta(w, v)  # theta <- sigmoid((|w| - tau) / T)
+        w, v, unsent = msg["w"].values, msg["v"].values, msg["unsent"].values  # get w, v from the server
+        theta = self.theta(w, v, unsent)  # theta <- sigmoid((|w| - tau) / T)
         load_state_vector(model, w)  # w_s, v_s <- w, v
         model.train()
         v_s = v.clone().requires_grad_(True)
@@ -109,7 +123,8 @@ class FedSparse(Algorithm):
         for _ in range(run.config.local_epochs):  # for epoch e in 1..E
             for x, y in run.batches(job.s, job.gen):  # for batch b in B
                 # tau_s <- softplus(v_s); pi_s <- sigmoid((|w_s| - tau_s) / T)
-                pi = gates.gate_prob(torch.cat([group_norms(l) for l in layout.layers]), v_s, T)
+                norms = torch.cat([group_norms(l) for l in layout.layers])
+                pi = gates.gate_prob((norms ** 2 + unsent).sqrt(), v_s, T)
                 self.hooks.z = gates.hard_concrete_sample(gates.log_alpha_for(pi), generator=job.gen)
                 loss = F.cross_entropy(model(x), y)  # L_s <- Eq. 41 on the batch
                 reg = regulariser(pi, theta, sizes, lam0, n_s)
@@ -124,11 +139,16 @@ class FedSparse(Algorithm):
                 losses.append(loss.item())
         with torch.no_grad():
             w_s = state_vector(model)
-            pi = gates.gate_prob(layout.norms(w_s), v_s, T)  # pi_s <- sigmoid((|w_s| - tau_s) / T)
-            z = torch.bernoulli(pi.cpu(), generator=job.gen).to(run.device)  # z_s ~ q_pi(z_s)
-            self.hooks.z = z  # the local model: the groups it switched on
-            up = GroupSparse(layout.expand(z) * w_s, z, layout)  # return z_s, z_s * w_s
+            pi = gates.gate_prob(layout.norms(w_s, unsent), v_s, T)  # pi_s <- sigmoid((|w_s| - tau_s) / T)
+            up = self.upload(w_s, pi, job.gen)
+            self.hooks.z = up.mask  # the local model: the groups it switched on
         return ClientResult(up, float(np.mean(losses)), stats=(pi - theta).abs())
+
+    def upload(self, w_s: torch.Tensor, pi: torch.Tensor, gen: torch.Generator) -> GroupSparse:
+        """Algorithm 2's return: an exact sample ``z_s ~ Bern(pi_s)`` (the zero-temperature gate) and
+        the values of ``w_s`` alive under it."""
+        z = torch.bernoulli(pi.detach().cpu(), generator=gen).to(w_s.device)  # z_s ~ q_pi(z_s)
+        return GroupSparse(w_s, z, self.layout)  # return z_s, z_s * w_s
 
     # ------------------------------------------------------------------ Algorithm 1, after the clients
     def m_step(self, state: dict, down, results: list) -> tuple:
@@ -136,15 +156,13 @@ class FedSparse(Algorithm):
         theta = self.theta(w, v)
         grad_w, grad_v = torch.zeros_like(w), torch.zeros_like(v)
         for r in results:
-            z = r.up.mask
-            grad_w += self.layout.expand(z) * (w - r.up.values)  # z_s (w - w_s): descent sign
-            grad_v += gates.server_v_gradient(z, theta, v, T)
+            grad_w += r.up.alive * (w - r.up.values)  # z_s (w - w_s), structurally: descent sign
+            grad_v += gates.server_v_gradient(r.up.mask, theta, v, T)
         n = len(results)
         step, opt = self.server_opt.update(grad_w / n, state["opt"])  # ADAM
         v_step, v_opt = self.v_opt.update(grad_v / n, state["v_opt"])  # ADAMAX
         w, v = w - step, v - v_step
         w, keep = self.prune(w, v)  # the server model is always the pruned one
         tv = torch.stack([r.stats for r in results])
-        sparsity = float((self.layout.sizes.to(keep.device) * (1 - keep)).sum()) / self.run.d
         return ({"w": w, "v": v, "opt": opt, "v_opt": v_opt},
-                {"sparsity": sparsity, "tv_mean": float(tv.mean()), "tv_max": float(tv.max())})
+                {**self.layout.sparsity(keep), "tv_mean": float(tv.mean()), "tv_max": float(tv.max())})
