@@ -100,3 +100,44 @@ def test_a_shorter_run_is_compared_with_fedavg_over_its_own_rounds():
     short = _doc("feddrop", [_rec(10, 0.3, 0.7, 0.25)])
     rows = history.comparison({"FedAvg": FEDAVG, "FedDrop": short}, 20)
     assert rows[1]["round"] == 10 and rows[1]["comm_vs_fedavg"] == pytest.approx(0.5)  # 0.25 / 0.5
+
+
+def _study_doc(level, reading, sparsity, own, gib, task="cifar10"):
+    """A FedSparse history of 100 rounds of a 1,000-value model, 10 clients a round: FedAvg would
+    send 2 x 10 x 4 x 1,000 bytes x 100 rounds = 8e6 bytes."""
+    return {"config": {"algo": "fedsparse", "task": task, "rounds": 100, "clients_per_round": 10,
+                       "lam0": history.LAM0_LEVELS[level], "sparse_reg": reading},
+            "model_parameters": 1000,
+            "records": [_rec(100, 0.5, 0.8, gib, sparsity=sparsity, sparsity_own=own)]}
+
+
+def test_the_lam0_study_by_hand():
+    fedavg = 8e6 / 2**30
+    runs = [_study_doc("high", "batch", 0.70, 0.40, 0.5 * fedavg), _study_doc("high", "example", 0.40, 0.20, 0.8 * fedavg),
+            _study_doc("low", "batch", 0.30, 0.10, 0.9 * fedavg), _study_doc("low", "example", 0.0, 0.0, fedavg),
+            _study_doc("low", "example", 0.0, 0.0, fedavg, task="femnist"), FEDAVG]
+    rows = history.lam0_study(runs, "cifar10")
+    assert [(r["reading"], r["level"]) for r in rows] == [("batch", "low"), ("batch", "high"), ("example", "low"),
+                                                         ("example", "high")]
+    high = rows[1]
+    assert high["sparsity"] == pytest.approx(70) and high["sparsity_own"] == pytest.approx(40)
+    assert high["comm_vs_fedavg"] == pytest.approx(0.5)
+    assert high["paper_sparsity"] == 66.5 and high["paper_comm_vs_fedavg"] == pytest.approx(23 / 65)
+    fit = history.reading_fit(rows)
+    # batch: |70 - 66.5| and |30 - 21.4| -> 6.05; example: |40 - 66.5| and |0 - 21.4| -> 23.95
+    assert fit["batch"]["sparsity_gap"] == pytest.approx(6.05) and fit["example"]["sparsity_gap"] == pytest.approx(23.95)
+    assert fit["batch"]["comm_gap"] == pytest.approx((abs(0.5 - 23 / 65) + abs(0.9 - 52 / 65)) / 2)
+    text = history.format_lam0_study(rows)
+    assert "batch    high    100 |     70.0  40.0      0.50" in text
+    fig, ax = plt.subplots()
+    history.plot_lam0_study(ax, rows, "CIFAR-10")
+    assert len(ax.lines) == 5 and ax.get_xscale() == "log"  # 2 readings x (structural, own) + the paper
+    plt.close(fig)
+
+
+def test_the_reading_that_is_not_the_default_is_named():
+    from emfl.nn.algorithms.fedsparse import Params
+
+    other = "example" if Params.sparse_reg == "batch" else "batch"
+    assert history.method_name(_doc("fedsparse", [], lam0=5e-5, sparse_reg=Params.sparse_reg)) == "FedSparse high"
+    assert history.method_name(_doc("fedsparse", [], lam0=5e-5, sparse_reg=other)) == f"FedSparse high, {other}"

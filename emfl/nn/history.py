@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["load_history", "column", "plot_metric", "summary", "method_name", "record_at", "load_runs",
-           "comparison", "format_comparison", "cut", "gib_to_reach", "plot_runs", "quick_mode", "PAPER"]
+           "comparison", "format_comparison", "cut", "gib_to_reach", "plot_runs", "quick_mode", "PAPER",
+           "LAM0_LEVELS", "fedavg_gib", "lam0_study", "format_lam0_study", "reading_fit", "plot_lam0_study"]
 
 METRICS = ("global_acc", "local_acc", "cum_gib", "round", "seconds", "train_loss", "sparsity", "sparsity_own", "tv_mean", "tv_max")
 
@@ -24,6 +25,7 @@ PAPER = {
 }
 ORDER = ("FedAvg", "FedDrop", "FedL1", "FedSparse low", "FedSparse mid", "FedSparse high")
 _LEVELS = {5e-7: "low", 5e-6: "mid", 5e-5: "high"}
+LAM0_LEVELS = {"low": 5e-7, "mid": 5e-6, "high": 5e-5}  # the paper's lam0 per level
 COLOURS = {"FedAvg": "black", "FedDrop": "tab:green", "FedL1": "tab:purple", "FedSparse low": "#9ecae1",
            "FedSparse mid": "#3182bd", "FedSparse high": "#08306b"}
 
@@ -81,12 +83,17 @@ def summary(doc: dict) -> dict:
 
 def method_name(doc: dict) -> str:
     """The paper's name for a run: FedAvg, FedDrop, FedL1, FedSparse low / mid / high (by lam0), or
-    the title its algorithm registers."""
+    the title its algorithm registers.  A FedSparse run with the lam0 scale that is not the default
+    (``--sparse-reg``) gets it appended: "FedSparse high, batch"."""
     cfg = doc["config"]
     algo = cfg["algo"]
     if algo == "fedsparse":
+        from emfl.nn.algorithms.fedsparse import Params
+
         level = _LEVELS.get(float(cfg.get("lam0", 0)))
-        return f"FedSparse {level}" if level else f"FedSparse (lam0 = {cfg['lam0']:g})"
+        name = f"FedSparse {level}" if level else f"FedSparse (lam0 = {cfg['lam0']:g})"
+        reading = cfg.get("sparse_reg", "batch")
+        return name if reading == Params.sparse_reg else f"{name}, {reading}"
     from emfl.nn.algorithms import ALGORITHMS
 
     return ALGORITHMS[algo].title if algo in ALGORITHMS else algo
@@ -168,3 +175,85 @@ def quick_mode() -> bool:
     import os
 
     return os.environ.get("EMFL_QUICK", "1").strip() not in ("0", "false", "no")
+
+
+# --------------------------------------------------------------------------- the lam0 scale
+
+
+def fedavg_gib(doc: dict, rnd: int) -> float:
+    """GiB FedAvg sends (down and up) over ``rnd`` rounds with the run's model and clients per
+    round: every client receives and returns the whole model, 4 bytes a value."""
+    return 2 * doc["config"]["clients_per_round"] * 4 * doc["model_parameters"] * rnd / 2**30
+
+
+def lam0_study(runs: list, task: str) -> list:
+    """One row per FedSparse history of ``runs`` (at the paper's lam0 levels) at its last
+    evaluated round: level, reading (``sparse_reg``), structural and own-group sparsity (%), the
+    communication as a share of FedAvg's over the same rounds, accuracies (%), and the paper's
+    sparsity and communication share for that level (Tables 1 and 3)."""
+    paper = PAPER[task]
+    rows = []
+    for doc in runs:
+        cfg = doc["config"]
+        level = _LEVELS.get(float(cfg.get("lam0", -1)))
+        if cfg["algo"] != "fedsparse" or cfg["task"] != task or level is None or not doc["records"]:
+            continue
+        r = doc["records"][-1]
+        p = paper[f"FedSparse {level}"]
+        rows.append({"level": level, "lam0": float(cfg["lam0"]), "reading": cfg.get("sparse_reg", "batch"),
+                     "round": r["round"], "sparsity": 100 * r["sparsity"],
+                     "sparsity_own": 100 * r["sparsity_own"] if r.get("sparsity_own") is not None else None,
+                     "comm_vs_fedavg": r["cum_gib"] / fedavg_gib(doc, r["round"]),
+                     "global_acc": 100 * r["global_acc"], "local_acc": 100 * r["local_acc"],
+                     "paper_sparsity": p[3], "paper_comm_vs_fedavg": p[2] / paper["FedAvg"][2]})
+    return sorted(rows, key=lambda row: (row["reading"], row["lam0"]))
+
+
+def format_lam0_study(rows: list) -> str:
+    """The rows of :func:`lam0_study` as a fixed-width text table."""
+    head = (f"{'reading':<8} {'level':<5} {'round':>5} | {'sparsity':>8} {'own':>5} {'vs FedAvg':>9} {'global':>6} "
+            f"{'local':>6} | {'paper:':>6} {'sparsity':>8} {'vs FedAvg':>9}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        own = "-" if r["sparsity_own"] is None else f"{r['sparsity_own']:.1f}"
+        lines.append(f"{r['reading']:<8} {r['level']:<5} {r['round']:>5} | {r['sparsity']:>8.1f} {own:>5} "
+                     f"{r['comm_vs_fedavg']:>9.2f} {r['global_acc']:>6.1f} {r['local_acc']:>6.1f} | {'':>6} "
+                     f"{r['paper_sparsity']:>8.1f} {r['paper_comm_vs_fedavg']:>9.2f}")
+    return "\n".join(lines)
+
+
+def reading_fit(rows: list) -> dict:
+    """Per reading: how far its rows lie from the paper, as the mean absolute difference in
+    structural sparsity (percentage points) and in the communication share, and the rows counted."""
+    out = {}
+    for reading in sorted({r["reading"] for r in rows}):
+        mine = [r for r in rows if r["reading"] == reading]
+        out[reading] = {"sparsity_gap": float(np.mean([abs(r["sparsity"] - r["paper_sparsity"]) for r in mine])),
+                        "comm_gap": float(np.mean([abs(r["comm_vs_fedavg"] - r["paper_comm_vs_fedavg"]) for r in mine])),
+                        "runs": len(mine)}
+    return out
+
+
+def plot_lam0_study(ax, rows: list, title: str = ""):
+    """Structural sparsity against lam0 (log scale) for each reading, the own-group count dotted,
+    and the paper's sparsity at its three levels marked, on ``ax``."""
+    styles = {"batch": dict(color="tab:red", marker="o"), "example": dict(color="tab:blue", marker="s")}
+    for reading in sorted({r["reading"] for r in rows}):
+        mine = sorted((r for r in rows if r["reading"] == reading), key=lambda r: r["lam0"])
+        lam0 = [r["lam0"] for r in mine]
+        style = styles.get(reading, {})
+        ax.plot(lam0, [r["sparsity"] for r in mine], label=f"{reading}: structural", **style)
+        if all(r["sparsity_own"] is not None for r in mine):
+            ax.plot(lam0, [r["sparsity_own"] for r in mine], ls=":", label=f"{reading}: own groups only",
+                    color=style.get("color"))
+    paper = sorted({(r["lam0"], r["paper_sparsity"]) for r in rows})
+    ax.plot([p[0] for p in paper], [p[1] for p in paper], "k*", ms=12, ls="none", label="the paper")
+    for lam0, value in paper:
+        ax.annotate(f"{value:g}%", (lam0, value), textcoords="offset points", xytext=(6, -12), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("lam0")
+    ax.set_ylabel("sparsity of the server model (%)")
+    ax.set_ylim(-3, 103)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8)
