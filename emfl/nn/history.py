@@ -9,7 +9,7 @@ import numpy as np
 
 __all__ = ["load_history", "column", "plot_metric", "summary", "method_name", "record_at", "load_runs",
            "comparison", "format_comparison", "cut", "gib_to_reach", "plot_runs", "quick_mode", "PAPER",
-           "LAM0_LEVELS", "fedavg_gib", "lam0_study", "format_lam0_study", "reading_fit", "plot_lam0_study"]
+           "LAM0_LEVELS", "fedavg_gib", "lam0_study", "load_lam0_study", "format_lam0_study", "reading_fit", "plot_lam0_study"]
 
 METRICS = ("global_acc", "local_acc", "cum_gib", "round", "seconds", "train_loss", "sparsity", "sparsity_own", "tv_mean", "tv_max")
 
@@ -207,6 +207,11 @@ def lam0_study(runs: list, task: str) -> list:
                      "global_acc": 100 * r["global_acc"], "local_acc": 100 * r["local_acc"],
                      "paper_sparsity": p[3], "paper_comm_vs_fedavg": p[2] / paper["FedAvg"][2]})
     return sorted(rows, key=lambda row: (row["reading"], row["lam0"]))
+
+
+def load_lam0_study(directory, tasks=("cifar10", "femnist"), seed: int = 0) -> dict:
+    """``{task: lam0_study(rows)}`` from the committed histories of ``directory``."""
+    return {task: lam0_study(list(load_runs(directory, task, seed).values()), task) for task in tasks}
 
 
 def format_lam0_study(rows: list) -> str:
