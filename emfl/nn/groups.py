@@ -187,6 +187,21 @@ class GroupMap:
             first += G
         self.sizes = torch.cat(sizes)
         self.num_groups = first
+        # the state vector as segments, one per tensor: (length, own layer, reader-of layer, view), so
+        # that masks spread by broadcasting instead of gathers
+        own_of = {id(l.module.weight): k for k, l in enumerate(self.layers)}
+        own_of.update({id(t): k for k, l in enumerate(self.layers) for t in l.extras})
+        reads = {id(l.reader.weight): k for k, l in enumerate(self.layers) if l.reader is not None}
+        self._segments = []
+        for t in state_tensors(model):
+            own, reader = own_of.get(id(t)), reads.get(id(t))
+            if reader is not None:
+                view = (t.shape[0], self.layers[reader].groups, -1)
+            elif own is not None:
+                view = (t.shape[0], 1, -1)
+            else:
+                view = None
+            self._segments.append((t.numel(), own, reader, view))
         self.dense = int((self.group_of < 0).sum())  # values in no group (they may still read a unit)
         self._wsel = self.weight_of >= 0
         self._gsel = self.group_of >= 0
@@ -208,20 +223,32 @@ class GroupMap:
         sq.index_add_(0, self.weight_of[dead.cpu()].to(w.device), w[dead] ** 2)
         return sq * mask.to(w.dtype)
 
+    def _spread(self, mask: torch.Tensor, readers: bool) -> torch.Tensor:
+        per_layer = [mask[a:b] for a, b in self.layer_slices]
+        ones = mask.new_ones(max(n for n, *_ in self._segments))
+        parts = []
+        for n, own, reader, view in self._segments:
+            reader = reader if readers else None
+            if own is None and reader is None:
+                parts.append(ones[:n])
+                continue
+            f = ones[:n].view(view)
+            if own is not None:
+                f = f * per_layer[own].view(-1, 1, 1)
+            if reader is not None:
+                f = f * per_layer[reader].view(1, -1, 1)
+            parts.append(f.reshape(-1))
+        return torch.cat(parts)
+
     def expand(self, mask: torch.Tensor) -> torch.Tensor:
         """A per-unit mask spread over each unit's own group; values in no group get 1."""
-        full = torch.ones(self.group_of.shape, dtype=mask.dtype, device=mask.device)
-        full[self._gsel.to(mask.device)] = mask[self.group_of[self._gsel].to(mask.device)]
-        return full
+        return self._spread(mask, readers=False)
 
     def alive(self, mask: torch.Tensor) -> torch.Tensor:
         """The structural mask (same dtype as ``mask``): 1 for a value that still matters when the
         units with ``mask == 0`` are off, 0 for the off units' own groups and every weight that
         reads an off unit."""
-        full = self.expand(mask)
-        sel = self._rsel.to(mask.device)
-        full[sel] = full[sel] * mask[self.reads_of[sel].to(mask.device)]
-        return full
+        return self._spread(mask, readers=True)
 
     def own_off(self, mask: torch.Tensor) -> torch.Tensor:
         """Boolean: the values of the own groups of the units with ``mask == 0``."""
