@@ -187,6 +187,7 @@ class GroupMap:
             first += G
         self.sizes = torch.cat(sizes)
         self.num_groups = first
+        self._rows = [(offsets[id(l.module.weight)], l.groups, l.module.weight[0].numel()) for l in self.layers]
         # the state vector as segments, one per tensor: (length, own layer, reader-of layer, view), so
         # that masks spread by broadcasting instead of gathers
         own_of = {id(l.module.weight): k for k, l in enumerate(self.layers)}
@@ -207,21 +208,22 @@ class GroupMap:
         self._gsel = self.group_of >= 0
         self._rsel = self.reads_of >= 0
 
+    def _row_sums(self, v: torch.Tensor) -> torch.Tensor:
+        """Per unit, the sum of ``v`` over its weight row."""
+        return torch.cat([v[a:a + G * per].view(G, per).sum(1) for a, G, per in self._rows])
+
     def norms(self, w: torch.Tensor, unsent_sq: torch.Tensor | None = None) -> torch.Tensor:
         """``||w_g||_2`` of every group's weight row, shape (groups,); ``unsent_sq`` adds the
         squares of the row's values a message left out (:meth:`unsent_sq`)."""
-        sq = torch.zeros(self.num_groups, dtype=w.dtype, device=w.device)
-        sq.index_add_(0, self.weight_of[self._wsel].to(w.device), w[self._wsel.to(w.device)] ** 2)
+        sq = self._row_sums(w * w)
         return (sq if unsent_sq is None else sq + unsent_sq).sqrt()
 
     def unsent_sq(self, w: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Per unit, the sum of squares of its weight-row values that read an off unit of ``mask``:
         dead, so not sent, but part of ``||w_g||``.  With it the receiver gets the exact norms
         (``norms(received, unsent_sq)``); it is one value per surviving unit."""
-        dead = self._wsel.to(w.device) & (self.alive(mask.to(w.dtype)) == 0)
-        sq = torch.zeros(self.num_groups, dtype=w.dtype, device=w.device)
-        sq.index_add_(0, self.weight_of[dead.cpu()].to(w.device), w[dead] ** 2)
-        return sq * mask.to(w.dtype)
+        dead = 1 - self.alive(mask.to(w.dtype))
+        return self._row_sums(w * w * dead) * mask.to(w.dtype)
 
     def _spread(self, mask: torch.Tensor, readers: bool) -> torch.Tensor:
         per_layer = [mask[a:b] for a, b in self.layer_slices]

@@ -123,7 +123,8 @@ class FedSparse(Algorithm):
         for _ in range(run.config.local_epochs):  # for epoch e in 1..E
             for x, y in run.batches(job.s, job.gen):  # for batch b in B
                 # tau_s <- softplus(v_s); pi_s <- sigmoid((|w_s| - tau_s) / T)
-                norms = torch.cat([group_norms(l) for l in layout.layers])
+                with torch.no_grad():  # the norms are detached inside the sigmoid (Appendix H)
+                    norms = torch.cat([group_norms(l) for l in layout.layers])
                 pi = gates.gate_prob((norms ** 2 + unsent).sqrt(), v_s, T)
                 self.hooks.z = gates.hard_concrete_sample(gates.log_alpha_for(pi), generator=job.gen)
                 loss = F.cross_entropy(model(x), y)  # L_s <- Eq. 41 on the batch
