@@ -1,19 +1,24 @@
-"""Seconds per round of the federated engine against the machine's compute floor and a plain loop.
+"""Seconds per round of the federated engine against a compute floor and a plain loop.
 
-    python benchmarks/engine_speed.py [--task cifar10|femnist] [--rounds 3] [--device auto|cpu|cuda]
+    python benchmarks/engine_speed.py [--task cifar10|femnist] [--rounds 5] [--device auto|cpu|cuda]
 
 One round = 10 clients x one local epoch of SGD (batch 64 on CIFAR-10: 500 images a client;
 batch 20 on FEMNIST: 204 images, a writer of average size) on the paper's LeNet-5, generated
-images of the task's shape.  Reported, each a median over rounds after one warm-up round:
+images of the task's shape.  The paths are timed interleaved (one round of each in turn, after
+one warm-up round each), and each is reported as min / median / max over ``--rounds`` rounds:
 
-* ``engine (loop)``: emfl's round, clients one after another (the CPU default);
-* ``engine (vmap)``: emfl's round, the clients batched with torch.func.vmap (the CUDA default);
-* ``plain loop``: the textbook way: a deep copy of the model per client, a DataLoader, torch.optim.SGD,
-  then the average of the state dicts;
-* ``compute floor``: training FLOPs per round (6 x multiply-adds x images) divided by the FLOP/s
-  this machine reaches on the same model's forward+backward at batch 256.
+* ``engine FedAvg (loop)``: emfl's round, clients one after another (the CPU default);
+* ``engine FedAvg (vmap)``: the clients batched with torch.func.vmap (the CUDA default);
+* ``engine FedSparse``: FedSparse with its thresholds far below the norms, so that no unit is
+  pruned while it is timed (equal structure: the gates' overhead alone; the script checks it);
+* ``plain loop``: the textbook way: a deep copy of the model per client, a DataLoader,
+  torch.optim.SGD, then the average of the state dicts.
 
-Ratios are to the floor and to the plain loop, all from one run (this machine is noisy).
+The **compute floor** is a lower bound on a round: the forward and backward passes it must do,
+each minibatch shape timed alone (no data handling, no optimiser, no copies), the fastest of
+``--floor-repeats`` tries, times the number of such minibatches in a round.  Any way of training
+the round does at least this work, so every path's ratio to the floor must be >= 1; the script
+stops with an error if one is not (the floor would be wrong, not the path fast).
 """
 
 import argparse
@@ -40,45 +45,29 @@ def generated(task, clients=10):
     return FederatedData(task, classes, tx, ty, [x[:10] for x in tx], [y[:10] for y in ty], mean, std)
 
 
-def macs_per_image(model, shape):
-    total = 0
-
-    def hook(module, inp, out):
-        nonlocal total
-        if isinstance(module, torch.nn.Conv2d):
-            total += out.numel() * module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-        elif isinstance(module, torch.nn.Linear):
-            total += module.in_features * module.out_features * out.shape[0]
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-    with torch.no_grad():
-        model(torch.zeros(1, *shape))
-    for h in handles:
-        h.remove()
-    return total
-
-
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def throughput(model, shape, classes, device, batch=256, repeats=5):
-    """Training FLOP/s the machine reaches on this model at a large batch."""
+def floor(model, shape, classes, device, batch_sizes, repeats=40):
+    """``{batch: fastest forward + backward of the model at that batch (s)}``, over ``repeats`` tries."""
     model = copy.deepcopy(model).to(device)
-    x = torch.randn(batch, *shape, device=device)
-    y = torch.randint(0, classes, (batch,), device=device)
-    flops = 6 * macs_per_image(model.cpu(), shape) * batch
-    model.to(device)
-    times = []
-    for i in range(repeats + 1):
-        sync(device)
-        start = time.perf_counter()
-        F.cross_entropy(model(x), y).backward()
-        sync(device)
-        if i:
-            times.append(time.perf_counter() - start)
-    return flops / statistics.median(times)
+    out = {}
+    for batch in sorted(set(batch_sizes)):
+        x = torch.randn(batch, *shape, device=device)
+        y = torch.randint(0, classes, (batch,), device=device)
+        times = []
+        for i in range(repeats + 3):
+            model.zero_grad(set_to_none=True)
+            sync(device)
+            start = time.perf_counter()
+            F.cross_entropy(model(x), y).backward()
+            sync(device)
+            if i >= 3:  # warm-up first
+                times.append(time.perf_counter() - start)
+        out[batch] = times
+    return out
 
 
 def plain_round(model, data, device, lr, batch_size):
@@ -96,45 +85,69 @@ def plain_round(model, data, device, lr, batch_size):
     return {k: torch.stack([st[k] for st in states]).mean(0) for k in states[0]}
 
 
-def timed(fn, rounds, device):
-    times = []
+def interleaved(paths: dict, rounds: int, device) -> dict:
+    """``{name: [seconds per round]}``, one round of each path in turn, after one warm-up each."""
+    times = {name: [] for name in paths}
     for i in range(rounds + 1):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        if i:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in paths.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            if i:
+                times[name].append(time.perf_counter() - start)
+    return times
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=list(SHAPES), default="cifar10")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--floor-repeats", type=int, default=40)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     device = resolve_device(args.device)
     shape, classes, n, bs = SHAPES[args.task]
     data = generated(args.task)
     model = make_model("lenet5", shape, classes)
-    flops_round = 6 * macs_per_image(model, shape) * n * data.num_clients
-    rate = throughput(model, shape, classes, device)
-    floor = flops_round / rate
-    results = {}
-    for mode in ("loop", "vmap"):
-        engine = Engine(RunConfig(task=args.task, rounds=10**6, clients_per_round=10, device=str(device),
-                                  client_batching=mode), data)
-        results[f"engine ({mode})"] = timed(engine.run_round, args.rounds, device)
+    batches = [min(bs, n - b) for b in range(0, n, bs)] * data.num_clients  # every minibatch of a round
+    per_batch = floor(model, shape, classes, device, batches, args.floor_repeats)
+    floors = {stat: sum(stat_fn(per_batch[b]) for b in batches)
+              for stat, stat_fn in (("min", min), ("median", statistics.median), ("max", max))}
+    engines = {}
+    for name, cfg in (("engine FedAvg (loop)", dict(algo="fedavg", client_batching="loop")),
+                      ("engine FedAvg (vmap)", dict(algo="fedavg", client_batching="vmap")),
+                      ("engine FedSparse", dict(algo="fedsparse", lam0=0.0))):
+        engines[name] = Engine(RunConfig(task=args.task, rounds=10**6, clients_per_round=10, device=str(device), **cfg),
+                               data)
+    # thresholds far below the norms (tau = softplus(-20) ~ 2e-9): every gate stays on, nothing is
+    # pruned, and the client still runs all of FedSparse's gate machinery
+    engines["engine FedSparse"].server["v"].fill_(-20.0)
     model.to(device)
-    results["plain loop"] = timed(lambda: plain_round(model, data, device, 0.05, bs), args.rounds, device)
+    paths = {name: e.run_round for name, e in engines.items()}
+    paths["plain loop"] = lambda: plain_round(model, data, device, 0.05, bs)
+    times = interleaved(paths, args.rounds, device)
+    sparse = engines["engine FedSparse"]
+    kept = sparse.algorithm.prune(sparse.server["w"], sparse.server["v"])[1]
     print(f"{args.task}: LeNet-5, 10 clients x {n} images, batch {bs}, device {device}, "
-          f"{torch.get_num_threads()} threads")
-    print(f"training FLOPs per round {flops_round / 1e9:.1f} G; measured {rate / 1e9:.1f} GFLOP/s at batch 256 "
-          f"-> compute floor {floor:.3f} s/round")
-    print(f"{'':<16} {'s/round':>9} {'x floor':>8} {'x plain loop':>13}")
-    for name, t in results.items():
-        print(f"{name:<16} {t:>9.3f} {t / floor:>8.2f} {t / results['plain loop']:>13.2f}")
+          f"{torch.get_num_threads()} threads, {args.rounds} rounds of each path, interleaved")
+    print(f"compute floor: {len(batches)} forward + backward passes a round; the fastest of {args.floor_repeats} "
+          f"tries of each shape sums to {floors['min']:.3f} s/round (median {floors['median']:.3f}, "
+          f"slowest {floors['max']:.3f})")
+    print(f"{'':<22} {'s/round: min':>13} {'median':>8} {'max':>8} {'x floor':>8} {'x plain loop':>13} {'x FedAvg':>9}")
+    plain = statistics.median(times["plain loop"])
+    fedavg = statistics.median(times["engine FedAvg (loop)"])
+    low = []
+    for name, t in times.items():
+        med = statistics.median(t)
+        ratio = min(t) / floors["min"]
+        low += [name] if ratio < 1 else []
+        print(f"{name:<22} {min(t):>13.3f} {med:>8.3f} {max(t):>8.3f} {ratio:>8.2f} {med / plain:>13.2f} {med / fedavg:>9.2f}")
+    print(f"FedSparse units pruned while timed: {int((kept == 0).sum())} of {kept.numel()}")
+    if low:
+        raise SystemExit(f"{', '.join(low)} ran below the compute floor: the floor is wrong, not the path fast")
+    if int((kept == 0).sum()):
+        raise SystemExit("FedSparse pruned units while timed: not equal structure")
 
 
 if __name__ == "__main__":
