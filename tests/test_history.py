@@ -20,14 +20,14 @@ def _rec(rnd, g, l, gib, **extra):
 
 
 FEDAVG = _doc("fedavg", [_rec(10, 0.30, 0.70, 0.5), _rec(20, 0.40, 0.80, 1.0)])
-MID = _doc("fedsparse", [_rec(10, 0.28, 0.72, 0.4, sparsity=0.25), _rec(20, 0.38, 0.82, 0.7, sparsity=0.5)], lam0=5e-6)
+MID = _doc("fedsparse", [_rec(10, 0.28, 0.72, 0.4, sparsity=0.25), _rec(20, 0.38, 0.82, 0.7, sparsity=0.5)], lam0=5e-6, sparse_reg="example")
 
 
 def test_method_names_follow_the_paper():
     assert history.method_name(FEDAVG) == "FedAvg"
     assert history.method_name(MID) == "FedSparse mid"
-    assert history.method_name(_doc("fedsparse", [], lam0=5e-5)) == "FedSparse high"
-    assert history.method_name(_doc("fedsparse", [], lam0=1e-4)) == "FedSparse (lam0 = 0.0001)"
+    assert history.method_name(_doc("fedsparse", [], lam0=5e-5, sparse_reg="example")) == "FedSparse high"
+    assert history.method_name(_doc("fedsparse", [], lam0=1e-4, sparse_reg="example")) == "FedSparse (lam0 = 0.0001)"
     assert history.method_name(_doc("feddrop", [])) == "FedDrop"
 
 
@@ -141,3 +141,5 @@ def test_the_reading_that_is_not_the_default_is_named():
     other = "example" if Params.sparse_reg == "batch" else "batch"
     assert history.method_name(_doc("fedsparse", [], lam0=5e-5, sparse_reg=Params.sparse_reg)) == "FedSparse high"
     assert history.method_name(_doc("fedsparse", [], lam0=5e-5, sparse_reg=other)) == f"FedSparse high, {other}"
+    # histories from before the setting existed used the batch scale
+    assert history.method_name(_doc("fedsparse", [], lam0=5e-5)) == "FedSparse high, batch"
