@@ -150,8 +150,8 @@ class GroupMap:
     """Positions of every gated unit in the flat state vector of ``model`` (laid out as
     :func:`emfl.nn.models.state_vector` does: parameters, then float buffers).
 
-    ``group_of[i]``: the unit whose group holds value ``i`` (-1: none); ``reads_of[i]``: the unit
-    that weight ``i`` reads (-1: none).  A value is alive under a unit mask when neither is off."""
+    ``group_of[i]``: the unit whose group holds value ``i`` (-1: none).  A value is alive under a
+    unit mask when neither its own unit nor the unit it reads is off (:meth:`alive`)."""
 
     def __init__(self, model: nn.Module, prune_output: bool = False):
         self.layers = prunable_layers(model, prune_output)
@@ -161,8 +161,6 @@ class GroupMap:
             i += t.numel()
         self.d = d = i
         self.group_of = torch.full((d,), -1, dtype=torch.int64)
-        self.weight_of = torch.full((d,), -1, dtype=torch.int64)
-        self.reads_of = torch.full((d,), -1, dtype=torch.int64)
         sizes, first = [], 0
         self.layer_slices = []
         for layer in self.layers:
@@ -171,17 +169,11 @@ class GroupMap:
             per = m.weight[0].numel()
             idx = torch.arange(first, first + G).repeat_interleave(per)
             self.group_of[w0:w0 + G * per] = idx
-            self.weight_of[w0:w0 + G * per] = idx
             for t in layer.extras:
                 if t.shape != (G,):
                     raise ValueError(f"{layer.name}: an extra tensor of a unit must have shape ({G},)")
                 e0 = offsets[id(t)]
                 self.group_of[e0:e0 + G] = torch.arange(first, first + G)
-            if layer.reader is not None:
-                rw = layer.reader.weight
-                r0, row = offsets[id(rw)], rw[0].numel()
-                span = row // G  # inputs per unit: a conv's kernel, or a channel's spatial positions
-                self.reads_of[r0:r0 + rw.numel()] = (torch.arange(row) // span + first).repeat(rw.shape[0])
             sizes.append(torch.full((G,), layer.values_per_group, dtype=torch.int64))
             self.layer_slices.append((first, first + G))
             first += G
@@ -204,9 +196,6 @@ class GroupMap:
                 view = None
             self._segments.append((t.numel(), own, reader, view))
         self.dense = int((self.group_of < 0).sum())  # values in no group (they may still read a unit)
-        self._wsel = self.weight_of >= 0
-        self._gsel = self.group_of >= 0
-        self._rsel = self.reads_of >= 0
 
     def _row_sums(self, v: torch.Tensor) -> torch.Tensor:
         """Per unit, the sum of ``v`` over its weight row."""
