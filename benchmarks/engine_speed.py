@@ -15,10 +15,15 @@ one warm-up round each), and each is reported as min / median / max over ``--rou
   torch.optim.SGD, then the average of the state dicts.
 
 The **compute floor** is a lower bound on a round: the forward and backward passes it must do,
-each minibatch shape timed alone (no data handling, no optimiser, no copies), the fastest of
-``--floor-repeats`` tries, times the number of such minibatches in a round.  Any way of training
-the round does at least this work, so every path's ratio to the floor must be >= 1; the script
-stops with an error if one is not (the floor would be wrong, not the path fast).
+each minibatch shape timed alone (no data handling, no optimiser, no copies), the fastest try,
+times the number of such minibatches in a round.  The tries are taken in blocks of
+``--floor-repeats`` per shape, one block before every timed round of every path, so that the
+floor sees the machine in the same moments as the paths (a floor measured once, at the start,
+moved by 12 % between runs on a shared 2-core machine and once came out above a path).  Printed:
+the floor from the fastest try of each shape over the whole run (the one the ratios use), and the
+median and slowest of the per-block floors.  Any way of training the round does at least this
+work, so every path's ratio to the floor must be >= 1; the script stops with an error if one is
+not (the floor would be wrong, not the path fast).
 """
 
 import argparse
@@ -50,24 +55,38 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def floor(model, shape, classes, device, batch_sizes, repeats=40):
-    """``{batch: fastest forward + backward of the model at that batch (s)}``, over ``repeats`` tries."""
-    model = copy.deepcopy(model).to(device)
-    out = {}
-    for batch in sorted(set(batch_sizes)):
-        x = torch.randn(batch, *shape, device=device)
-        y = torch.randint(0, classes, (batch,), device=device)
-        times = []
-        for i in range(repeats + 3):
-            model.zero_grad(set_to_none=True)
-            sync(device)
-            start = time.perf_counter()
-            F.cross_entropy(model(x), y).backward()
-            sync(device)
-            if i >= 3:  # warm-up first
-                times.append(time.perf_counter() - start)
-        out[batch] = times
-    return out
+class Floor:
+    """Forward + backward passes of ``model`` at each batch size, timed alone, in blocks."""
+
+    def __init__(self, model, shape, classes, device, batch_sizes, repeats):
+        self.model = copy.deepcopy(model).to(device)
+        self.device, self.repeats = device, repeats
+        self.inputs = {b: (torch.randn(b, *shape, device=device), torch.randint(0, classes, (b,), device=device))
+                       for b in sorted(set(batch_sizes))}
+        self.blocks = []  # per block: {batch: [seconds of each try]}
+        self.block(record=False)  # warm-up
+
+    def block(self, record: bool = True) -> None:
+        tries = {}
+        for b, (x, y) in self.inputs.items():
+            tries[b] = []
+            for _ in range(self.repeats):
+                self.model.zero_grad(set_to_none=True)
+                sync(self.device)
+                start = time.perf_counter()
+                F.cross_entropy(self.model(x), y).backward()
+                sync(self.device)
+                tries[b].append(time.perf_counter() - start)
+        if record:
+            self.blocks.append(tries)
+
+    def per_round(self, batches: list) -> dict:
+        """The floor of a round of ``batches``: from the fastest try of each shape over all blocks
+        (``min``), and the median and slowest of the blocks' own floors."""
+        fastest = {b: min(min(t[b]) for t in self.blocks) for b in self.inputs}
+        per_block = sorted(sum(min(t[b]) for b in batches) for t in self.blocks)
+        return {"min": sum(fastest[b] for b in batches), "median": statistics.median(per_block),
+                "max": per_block[-1], "blocks": len(per_block)}
 
 
 def plain_round(model, data, device, lr, batch_size):
@@ -85,11 +104,14 @@ def plain_round(model, data, device, lr, batch_size):
     return {k: torch.stack([st[k] for st in states]).mean(0) for k in states[0]}
 
 
-def interleaved(paths: dict, rounds: int, device) -> dict:
-    """``{name: [seconds per round]}``, one round of each path in turn, after one warm-up each."""
+def interleaved(paths: dict, rounds: int, device, between=None) -> dict:
+    """``{name: [seconds per round]}``, one round of each path in turn, after one warm-up each;
+    ``between()`` runs before every timed round (outside its time)."""
     times = {name: [] for name in paths}
     for i in range(rounds + 1):
         for name, fn in paths.items():
+            if i and between is not None:
+                between()
             sync(device)
             start = time.perf_counter()
             fn()
@@ -103,7 +125,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=list(SHAPES), default="cifar10")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--floor-repeats", type=int, default=40)
+    parser.add_argument("--floor-repeats", type=int, default=8, help="tries per shape in each block of the floor")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     device = resolve_device(args.device)
@@ -111,9 +133,7 @@ def main():
     data = generated(args.task)
     model = make_model("lenet5", shape, classes)
     batches = [min(bs, n - b) for b in range(0, n, bs)] * data.num_clients  # every minibatch of a round
-    per_batch = floor(model, shape, classes, device, batches, args.floor_repeats)
-    floors = {stat: sum(stat_fn(per_batch[b]) for b in batches)
-              for stat, stat_fn in (("min", min), ("median", statistics.median), ("max", max))}
+    floor = Floor(model, shape, classes, device, batches, args.floor_repeats)
     engines = {}
     for name, cfg in (("engine FedAvg (loop)", dict(algo="fedavg", client_batching="loop")),
                       ("engine FedAvg (vmap)", dict(algo="fedavg", client_batching="vmap")),
@@ -126,13 +146,15 @@ def main():
     model.to(device)
     paths = {name: e.run_round for name, e in engines.items()}
     paths["plain loop"] = lambda: plain_round(model, data, device, 0.05, bs)
-    times = interleaved(paths, args.rounds, device)
+    times = interleaved(paths, args.rounds, device, between=floor.block)
+    floors = floor.per_round(batches)
     sparse = engines["engine FedSparse"]
     kept = sparse.algorithm.prune(sparse.server["w"], sparse.server["v"])[1]
     print(f"{args.task}: LeNet-5, 10 clients x {n} images, batch {bs}, device {device}, "
           f"{torch.get_num_threads()} threads, {args.rounds} rounds of each path, interleaved")
-    print(f"compute floor: {len(batches)} forward + backward passes a round; the fastest of {args.floor_repeats} "
-          f"tries of each shape sums to {floors['min']:.3f} s/round (median {floors['median']:.3f}, "
+    print(f"compute floor: {len(batches)} forward + backward passes a round; {floors['blocks']} blocks of "
+          f"{args.floor_repeats} tries per shape, one before each timed round: the fastest try of each shape "
+          f"sums to {floors['min']:.3f} s/round (the blocks' floors: median {floors['median']:.3f}, "
           f"slowest {floors['max']:.3f})")
     print(f"{'':<22} {'s/round: min':>13} {'median':>8} {'max':>8} {'x floor':>8} {'x plain loop':>13} {'x FedAvg':>9}")
     plain = statistics.median(times["plain loop"])

@@ -275,3 +275,80 @@ def test_sparse_regulariser_by_hand_and_its_two_scales():
     with pytest.raises(ValueError, match="sparse_reg must be batch or example"):
         RunConfig(algo="fedsparse", sparse_reg="per-client")
     assert RunConfig(algo="fedsparse").sparse_reg == "example"  # closer to Tables 1 and 3 (notebook 05)
+
+
+def test_the_regulariser_slope_by_hand_and_as_a_gradient():
+    """theta = (0.5, 0.9), sizes (3, 5), lam0 = 0.1, n_s = 2: c = (0.3 - 1e-4 logit 0.5) / 2 =
+    0.15 and (0.5 - 1e-4 log 9) / 2; and c is the regulariser's gradient in pi (it is linear)."""
+    from emfl.nn.algorithms.fedsparse import regulariser, regulariser_slope
+
+    theta, sizes = torch.tensor([0.5, 0.9], dtype=torch.float64), torch.tensor([3.0, 5.0], dtype=torch.float64)
+    c = regulariser_slope(theta, sizes, lam0=0.1, n_s=2)
+    assert c.tolist() == pytest.approx([0.15, (0.5 - 1e-4 * np.log(9)) / 2], rel=1e-12)
+    pi = torch.tensor([0.3, 0.7], dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(regulariser(pi, theta, sizes, 0.1, 2), pi)
+    assert torch.allclose(g, c, rtol=1e-10)
+    other = torch.tensor([0.9, 0.1], dtype=torch.float64)  # linear: differences are c . (pi - pi')
+    diff = regulariser(pi.detach(), theta, sizes, 0.1, 2) - regulariser(other, theta, sizes, 0.1, 2)
+    assert float(diff) == pytest.approx(float(c @ (pi.detach() - other)), rel=1e-10)
+
+
+@pytest.mark.parametrize("name", ["lenet5", "resnet20"])
+def test_gates_on_parameters_compute_what_gates_on_outputs_compute(name):
+    """Gates on the outputs (GateHooks.z), on the parameters (gated_parameters) and each where it
+    costs least (GateHooks.forward, the client's training): the same loss and the same gradients in
+    z and in every parameter, with some gates off and some partly on (in float64: in float32
+    ResNet-20's BatchNorm leaves the gates' gradients ~1e-3 apart)."""
+    from torch.func import functional_call
+    from torch.nn import functional as F
+
+    torch.manual_seed(0)
+    model = make_model(name, (3, 32, 32), 10).double()
+    gmap = GroupMap(model)
+    hooks = GateHooks(gmap)
+    assert len(hooks.on_parameters) == (2 if name == "lenet5" else 9)  # conv layers; fc1 is gated on its output
+    z = torch.rand(gmap.num_groups, dtype=torch.float64)
+    z[::3] = 0
+    x, y = torch.randn(6, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (6,))
+    params = list(model.parameters())
+    grads = []
+    for way in ("outputs", "parameters", "cheapest"):
+        zz = z.clone().requires_grad_(True)
+        if way == "outputs":
+            hooks.z = zz
+            out = model(x)
+            hooks.z = None
+        elif way == "parameters":
+            out = functional_call(model, gmap.gated_parameters(zz), (x,))
+        else:
+            out = hooks.forward(model, x, zz)
+            assert hooks.z is None  # left as it was
+        loss = F.cross_entropy(out, y)
+        grads.append([loss.detach()] + list(torch.autograd.grad(loss, [zz] + params)))
+    for other in grads[1:]:
+        for a, b in zip(grads[0], other):
+            assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+    assert float(grads[0][1].abs().sum()) > 0  # the gates get a gradient
+    hooks.remove()
+
+
+def test_lenet_pools_before_the_relu_with_the_same_values_and_gradients():
+    """relu(maxpool(a)) = maxpool(relu(a)) (a ReLU is monotone), and the gradients agree bit for bit."""
+    from torch.nn import functional as F
+
+    torch.manual_seed(1)
+    model = make_model("lenet5", (3, 32, 32), 10)
+    x = torch.randn(4, 3, 32, 32)
+
+    def relu_first(m, x):
+        x = F.max_pool2d(F.relu(m.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(m.conv2(x)), 2)
+        return m.fc2(F.relu(m.fc1(torch.flatten(x, 1))))
+
+    outs, grads = [], []
+    for f in (model, lambda x: relu_first(model, x)):
+        out = f(x)
+        outs.append(out)
+        grads.append(torch.autograd.grad(out.square().sum(), list(model.parameters())))
+    assert torch.equal(outs[0], outs[1])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))

@@ -18,8 +18,10 @@ model rather than gate units that cannot be pruned.  The output layer is left de
 (pruning it would remove classes).
 
 :class:`GroupMap` places the units in the flat state vector (:func:`emfl.nn.models.state_vector`):
-group norms, masks spread over the vector, what a mask keeps alive.  :class:`GateHooks` multiplies
-each gated layer's outputs by its gates.
+group norms, masks spread over the vector, what a mask keeps alive, and the gated parameters
+(:meth:`GroupMap.gated_parameters`: the gates applied to the parameters rather than to the
+activations, the same model for less work).  :class:`GateHooks` multiplies each gated layer's
+outputs by its gates.
 """
 
 from __future__ import annotations
@@ -196,6 +198,11 @@ class GroupMap:
                 view = None
             self._segments.append((t.numel(), own, reader, view))
         self.dense = int((self.group_of < 0).sum())  # values in no group (they may still read a unit)
+        # the affine parameters of every gate module (a conv or linear layer: its weight and bias; a
+        # BatchNorm: its scale and shift), by name, for gated_parameters
+        names = {id(p): n for n, p in model.named_parameters()}
+        self._gate_params = [[(names[id(p)], p) for p in (l.gate.weight, getattr(l.gate, "bias", None))
+                              if p is not None and id(p) in names] for l in self.layers]
 
     def _row_sums(self, v: torch.Tensor) -> torch.Tensor:
         """Per unit, the sum of ``v`` over its weight row."""
@@ -263,24 +270,56 @@ class GroupMap:
         """Parameters of the sub-model that keeps the units ``units``: the values alive under it."""
         return self.values_on(units)
 
+    def gated_parameters(self, z: torch.Tensor, layers=None) -> dict:
+        """``{name: z_g * p_g}`` for the affine parameters of the gate modules of ``layers`` (indices;
+        default all): with them in place of the model's own (``torch.func.functional_call``) the
+        model computes what :class:`GateHooks` with gates ``z`` computes on those layers.  A gate
+        multiplies its unit's output ``a = W_g x + b_g`` (or the BatchNorm's ``gamma_g xhat +
+        beta_g``), and ``z a = (z W_g) x + z b_g``.  Differentiable in ``z`` and in the parameters
+        (their gradients are ``z`` times the gated ones)."""
+        out = {}
+        for k in range(len(self.layers)) if layers is None else layers:
+            a, b = self.layer_slices[k]
+            for name, p in self._gate_params[k]:
+                out[name] = p * z[a:b].view(-1, *([1] * (p.dim() - 1)))
+        return out
+
 
 class GateHooks:
-    """Multiplies the output channels of each layer's ``gate`` module by gates ``z`` (None: no gating)."""
+    """Multiplies the output channels of each layer's ``gate`` module by gates ``z`` (None: no gating).
+
+    :meth:`forward` runs the model under gates for training, with each gate where it costs least:
+    a conv layer's (or BatchNorm's) on its parameters, since its output (batch x units x height x
+    width) is far larger than its filters; a linear layer's on its output (batch x units), smaller
+    than its weight (units x inputs) whenever the batch is smaller than the layer's input."""
 
     def __init__(self, group_map: GroupMap):
         self.map = group_map
         self.z = None
+        self._skip = ()
+        self.on_parameters = tuple(k for k, l in enumerate(group_map.layers) if not isinstance(l.gate, nn.Linear))
         self._handles = [layer.gate.register_forward_hook(self._hook(k)) for k, layer in enumerate(group_map.layers)]
 
     def _hook(self, k):
         def hook(module, inputs, output):
-            if self.z is None:
+            if self.z is None or k in self._skip:
                 return output
             a, b = self.map.layer_slices[k]
             z = self.z[a:b]
             return output * (z.view(1, -1, 1, 1) if output.dim() == 4 else z.view(1, -1))
 
         return hook
+
+    def forward(self, model: nn.Module, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``model(x)`` with every unit's output scaled by its gate ``z_g`` (differentiable in
+        ``z``): the same as setting ``self.z = z`` and calling the model, for less work."""
+        from torch.func import functional_call
+
+        self.z, self._skip = z, self.on_parameters
+        try:
+            return functional_call(model, self.map.gated_parameters(z, self.on_parameters), (x,))
+        finally:
+            self.z, self._skip = None, ()
 
     def remove(self):
         for h in self._handles:

@@ -41,7 +41,7 @@ from emfl.nn.messages import Bundle, GroupSparse, PerGroup
 from emfl.nn.models import load_state_vector, state_vector
 from emfl.optim import adamax
 
-__all__ = ["FedSparse", "Params", "regulariser", "T", "THETA0", "PRUNE", "CLIENT_V_LR", "SERVER_V_LR", "CE_SCALE"]
+__all__ = ["FedSparse", "Params", "regulariser", "regulariser_slope", "T", "THETA0", "PRUNE", "CLIENT_V_LR", "SERVER_V_LR", "CE_SCALE"]
 
 # The paper's constants (Appendix A): the sigmoid temperature, the initial gate probability (a
 # dense model), the server's pruning threshold eps, the thresholds' learning rates (client
@@ -69,6 +69,14 @@ def regulariser(pi, theta, sizes, lam0: float, n_s: int = 1):
     (Eq. 38), divided by ``n_s`` (1 for ``sparse_reg = "batch"``, the client's size for
     ``"example"``)."""
     return (lam0 * (sizes * pi).sum() - CE_SCALE * gates.gate_cross_entropy(pi, theta)) / n_s
+
+
+def regulariser_slope(theta, sizes, lam0: float, n_s: int = 1, eps: float = 1e-7):
+    """``c`` with ``regulariser(pi) = c . pi + const``: Eq. 41's prior part is linear in ``pi``
+    (``theta`` is fixed during a client's update), ``c_g = (lam0 |g| - 1e-4 logit(theta_g)) / n_s``.
+    The client's loss adds ``c . pi``: the same gradients for one dot product a step."""
+    theta = theta.clamp(eps, 1 - eps)
+    return (lam0 * sizes - CE_SCALE * (torch.log(theta) - torch.log1p(-theta))) / n_s
 
 
 class FedSparse(Algorithm):
@@ -114,12 +122,14 @@ class FedSparse(Algorithm):
         w, v, unsent = msg["w"].values, msg["v"].values, msg["unsent"].values  # get w, v from the server
         theta = self.theta(w, v, unsent)  # theta <- sigmoid((|w| - tau) / T)
         load_state_vector(model, w)  # w_s, v_s <- w, v
+        self.hooks.z = None
         model.train()
         v_s = v.clone().requires_grad_(True)
-        opt_v = torch.optim.Adamax([v_s], lr=CLIENT_V_LR)
+        opt_v = adamax(CLIENT_V_LR)
+        v_state = opt_v.init(v)
         params = list(model.parameters())
-        sizes = layout.sizes.to(run.device).float()
         n_s = len(run.data.train_y[job.s]) if self.params.sparse_reg == "example" else 1
+        slope = regulariser_slope(theta, layout.sizes.to(run.device).float(), lam0, n_s)
         losses = []
         for _ in range(run.config.local_epochs):  # for epoch e in 1..E
             for x, y in run.batches(job.s, job.gen):  # for batch b in B
@@ -127,17 +137,19 @@ class FedSparse(Algorithm):
                 with torch.no_grad():  # the norms are detached inside the sigmoid (Appendix H)
                     norms = torch.cat([group_norms(l) for l in layout.layers])
                 pi = gates.gate_prob((norms ** 2 + unsent).sqrt(), v_s, T)
-                self.hooks.z = gates.hard_concrete_sample(gates.log_alpha_for(pi), generator=job.gen)
-                loss = F.cross_entropy(model(x), y)  # L_s <- Eq. 41 on the batch
-                reg = regulariser(pi, theta, sizes, lam0, n_s)
+                z = gates.hard_concrete_sample(gates.log_alpha_for(pi), generator=job.gen)
+                # the model with its units' outputs scaled by z
+                loss = F.cross_entropy(self.hooks.forward(model, x, z), y)  # L_s <- Eq. 41 on the batch
+                reg = (slope * pi).sum()  # regulariser(pi, theta, sizes, lam0, n_s) up to a constant
                 model.zero_grad(set_to_none=True)
-                opt_v.zero_grad()
+                v_s.grad = None
                 (loss + reg).backward()
-                with torch.no_grad():  # w_s <- SGD
-                    for p in params:
+                with torch.no_grad():
+                    for p in params:  # w_s <- SGD
                         if p.grad is not None:
                             p.add_(p.grad, alpha=-run.config.client_lr)
-                opt_v.step()  # v_s <- Adamax
+                    step, v_state = opt_v.update(v_s.grad, v_state)
+                    v_s -= step  # v_s <- Adamax
                 losses.append(loss.item())
         with torch.no_grad():
             w_s = state_vector(model)
