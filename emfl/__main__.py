@@ -5,7 +5,9 @@
 ``python -m emfl femnist-npz LEAF_FOLDER OUT.npz``
     converts LEAF's FEMNIST json files into the compact npz the loader reads;
 ``python -m emfl figures``
-    re-runs every tutorial, which rewrites figures/.
+    re-runs every tutorial, which rewrites figures/;
+``python -m emfl exercises [NOTEBOOK ...]``
+    lists the tutorials' exercises, or executes students' notebooks and tallies their checks.
 """
 
 from __future__ import annotations
@@ -166,6 +168,27 @@ def _femnist_npz(args) -> int:
     return 0
 
 
+def _exercises(args) -> int:
+    from emfl import exercises
+
+    if not args.notebooks:
+        for number, ex in sorted(exercises.EXERCISES.items(), key=lambda kv: tuple(map(int, kv[0].split(".")))):
+            print(f"{number:>5}  {ex.title}")
+        return 0
+    missing = [p for p in args.notebooks if not Path(p).is_file()]
+    if missing:
+        print(f"error: no such notebook: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    for path, verdicts in exercises.grade(args.notebooks, timeout=args.timeout):
+        right = sum(v.ok for v in verdicts.values())
+        print(f"{path}: {right} of {len(verdicts)} exercises right")
+        for number in sorted(verdicts, key=lambda n: tuple(map(int, n.split(".")))):
+            v = verdicts[number]
+            state = "right" if v.ok else ("not answered" if not v.answered else "not yet")
+            print(f"  {number:>5}  {state:<13} {'' if v.ok or not v.answered else v.message}".rstrip())
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="emfl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -177,6 +200,10 @@ def main(argv=None) -> int:
     fig = sub.add_parser("figures", help="re-run every tutorial so that figures/ is rewritten")
     fig.add_argument("--tutorials", default="tutorials", help="folder of the notebooks")
     fig.set_defaults(func=_figures)
+    exe = sub.add_parser("exercises", help="list the exercises, or grade students' notebooks")
+    exe.add_argument("notebooks", nargs="*", help="students' notebooks to execute and grade (none: list the exercises)")
+    exe.add_argument("--timeout", type=int, default=1200, help="seconds a cell may run")
+    exe.set_defaults(func=_exercises)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if getattr(args, "parser", None) is not None:

@@ -1,0 +1,258 @@
+"""Checks of the exercises of the toy-world notebooks (01-04); see :mod:`emfl.exercises`."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from emfl import em, linreg
+from emfl.exercises import _call, _choice, _close, _shape_problem, exercise
+
+# --------------------------------------------------------------------------- 01 · FedAvg is hard-EM
+
+# Small numbers a person can check: three clients in two dimensions.
+_PHIS = np.array([[1.0, 2.0], [3.0, -2.0], [5.0, 6.0]])
+
+
+@exercise("1.1", "the M-step of the Gaussian prior (Eq. 10-11)")
+def _m_step(m_step):
+    rng = np.random.default_rng(11)
+    cases = [_PHIS, rng.normal(size=(8, 3)), rng.normal(size=(1, 4))]
+    for phis in cases:
+        got = _call(m_step, phis.copy())
+        problem = _shape_problem(got, phis.shape[1:], "w")
+        if problem:
+            if np.asarray(got).shape == phis.shape[:1]:
+                problem += " Aggregate over the clients (one value per coordinate), not over the coordinates."
+            return False, problem
+        right = phis.mean(axis=0)
+        if _close(got, right):
+            continue
+        if _close(got, phis.sum(axis=0)):
+            return False, ("you added the clients' points up. Set the gradient of Eq. 10, "
+                           "lam sum_s (phi_s - w), to zero and solve for w.")
+        if _close(got, np.median(phis, axis=0)):
+            return False, ("the median is the M-step of a Laplace prior (notebook 02). For the Gaussian, set "
+                           "the gradient of Eq. 10 to zero.")
+        return False, "w should maximise Eq. 10, -lam/2 sum_s ||phi_s - w||^2: where is its gradient zero?"
+    return True, "right: the M-step of a Gaussian prior is the clients' average, FedAvg's server (Eq. 11)."
+
+
+def _spd(rng, d):
+    X = rng.normal(size=(d + 3, d))
+    return X.T @ X
+
+
+@exercise("1.2", "the client's hard E-step for linear regression (Eq. 5 and 7)")
+def _e_step(e_step):
+    rng = np.random.default_rng(12)
+    cases = [(np.diag([2.0, 1.0]), np.array([2.0, 1.0]), np.array([1.0, -1.0]), 1.0)]
+    for d in (2, 3):
+        cases.append((_spd(rng, d), rng.normal(size=d), rng.normal(size=d), float(rng.uniform(0.2, 3))))
+    for A, b, w, lam in cases:
+        got = _call(e_step, A.copy(), b.copy(), w.copy(), lam)
+        problem = _shape_problem(got, w.shape, "phi_s*")
+        if problem:
+            return False, problem
+        I = np.eye(len(w))
+        if _close(got, np.linalg.solve(A + lam * I, b + lam * w)):
+            continue
+        if _close(got, np.linalg.solve(A + lam * I, b)):
+            return False, ("your phi_s* does not move with w: the prior N(w, I/lam) adds lam w to the "
+                           "right-hand side as well as lam I to the precision.")
+        if _close(got, np.linalg.solve(A, b + lam * w)):
+            return False, "the prior adds lam I to the client's precision A: the posterior precision is A + lam I."
+        if _close(got, np.linalg.solve(A, b)):
+            return False, "that is the client's own least-squares fit, which ignores the prior p(phi_s | w)."
+        if _close(got, w):
+            return False, "that is the server's w: the E-step weighs it against the client's data."
+        return False, ("maximise log p(D_s | phi) + log p(phi | w): set the gradient, b - A phi - lam (phi - w), "
+                       "to zero and solve for phi.")
+    return True, "right: with a Gaussian prior the MAP is the posterior mean, (A + lam I)^-1 (b + lam w) (Eq. 5)."
+
+
+@exercise("1.3", "one round of hard-EM, client and server")
+def _round(hard_em_round):
+    data = linreg.make_federated_linreg(S=5, d=3, lam_true=1.0, n_range=(4, 12), seed=13)
+    w, lam = np.array([0.3, -0.2, 1.0]), 0.7
+    got = _call(hard_em_round, data, w.copy(), lam)
+    if not isinstance(got, tuple) or len(got) != 2:
+        return False, "return a pair (w_new, phis): the server's new w and the clients' phi_s* stacked in rows."
+    w_new, phis = (np.asarray(g, dtype=float) for g in got)
+    state, right_phis = em.hard_em(lam).apply(em.ServerState(w, lam), data)
+    problem = _shape_problem(phis, right_phis.shape, "phis") or _shape_problem(w_new, w.shape, "w_new")
+    if problem:
+        return False, problem
+    if not _close(phis, right_phis):
+        return False, "the clients' phi_s* are off: check each client's E-step (exercise 1.2) with its own A_s, b_s."
+    if not _close(w_new, state.w):
+        return False, "the clients are right but the server's w is not: the M-step is exercise 1.1."
+    return True, "right: one round of hard-EM is one round of FedAvg with exact local solves."
+
+
+@exercise("1.4", "the prior that K local steps imply (section 3)")
+def _effective(effective_lam):
+    for a, K, eta in ((2.0, 1, 0.1), (2.0, 30, 0.1), (0.5, 10, 0.05), (4.0, 3, 0.2), (1.0, 100, 0.001)):
+        got = _call(effective_lam, a, K, eta)
+        if np.ndim(got) != 0:
+            return False, f"return one number (the precision along an eigenvector with eigenvalue a); got shape {np.shape(got)}."
+        q = (1 - eta * a) ** K
+        right = a * q / (1 - q)
+        if np.isclose(float(got), right, rtol=1e-8):
+            continue
+        if np.isclose(float(got), 1 / (K * eta), rtol=1e-8):
+            return False, ("1/(K eta) is the limit for K eta a << 1; here K eta a = "
+                           f"{K * eta * a:g}. Match phi_K to the MAP along the eigenvector exactly.")
+        return False, ("along an eigenvector, phi_K - phi_hat = (1 - eta a)^K (w - phi_hat) and the MAP is "
+                       "phi_hat + Lambda / (a + Lambda) (w - phi_hat): solve for Lambda.")
+    return True, "right: and it falls below 1/(K eta) as soon as K eta a is not small (the table in section 3)."
+
+
+@exercise("1.5", "predict, then move the sliders: few or many local steps")
+def _predict_steps(answer, data, lr, rounds=15, w0=(1.5, 1.5), lam=1.0):
+    gaps = {}
+    for K in (1, 100):
+        h = em.run(em.fedprox(lam, K, lr), data, np.asarray(w0, dtype=float), rounds)
+        F_max = linreg.objective(data, linreg.ml_w(data, lam), lam)
+        gaps[K] = F_max - linreg.objective(data, h.w[-1], lam)
+    right = min(gaps, key=gaps.get)
+    try:
+        a = int(answer)
+    except (TypeError, ValueError):
+        return False, f"answer 1 or 100 (the K whose final gap is smaller); you gave {answer!r}."
+    if a not in gaps:
+        return False, f"answer 1 or 100; you gave {answer!r}."
+    if a == right:
+        return True, (f"right (gaps after {rounds} rounds: K = 1: {gaps[1]:.2g}, K = 100: {gaps[100]:.2g}). "
+                      "With more steps each round's E-step is closer to the exact MAP, so FedProx's fixed "
+                      "point is closer to the argmax of Eq. 4.")
+    return False, ("move the K slider to both values and read the right panel at the last round. How close is "
+                   "K steps of gradient descent to the exact E-step, for K = 1 and for K = 100?")
+
+
+@exercise("1.6", "why hard-EM cannot learn lambda")
+def _why_lam(answer):
+    return _choice(answer, "a", "abc",
+                   {"b": "that term is in both updates. Compare the two formulas of section 4 term by term.",
+                    "c": "S d is the numerator of both. Compare the denominators."},
+                   "Hard-EM replaces the posterior by a point, so its spread tr Sigma_s is lost: the "
+                   "denominator is too small, lambda too large, and it feeds on itself.")
+
+
+# --------------------------------------------------------------------------- 02 · Other priors, other servers
+
+
+@exercise("2.1", "the M-step of the Laplace prior (Eq. 45-46)")
+def _laplace_m_step(m_step):
+    rng = np.random.default_rng(21)
+    cases = [np.array([[1.0, 5.0], [2.0, -1.0], [10.0, 0.0]]), rng.normal(size=(9, 3)), rng.standard_cauchy(size=(7, 2))]
+    for phis in cases:
+        got = _call(m_step, phis.copy())
+        problem = _shape_problem(got, phis.shape[1:], "w")
+        if problem:
+            return False, problem
+        if _close(got, np.median(phis, axis=0)):
+            continue
+        if _close(got, phis.mean(axis=0)):
+            return False, ("the mean is the Gaussian prior's M-step. Here the server maximises "
+                           "-lam sum_s |phi_sj - w_j| for each j: where does its derivative (Eq. 45) change sign?")
+        return False, "maximise -lam sum_s ||phi_s - w||_1 one coordinate at a time: where do as many clients lie above w_j as below?"
+    return True, "right: the coordinate-wise median, which one wild client cannot drag away."
+
+
+@exercise("2.2", "how many clients the median server survives")
+def _breakdown(answer):
+    S = 11
+    if isinstance(answer, bool) or not isinstance(answer, (int, np.integer)):
+        return False, f"answer with a whole number of clients; you gave {answer!r}."
+    k = int(answer)
+    # count it: the largest k for which k clients at +-1e12 keep the median inside the honest values
+    honest_values = np.linspace(-1.0, 1.0, S)
+
+    def survives(k):
+        for sign in (1.0, -1.0):
+            values = honest_values.copy()
+            values[:k] = sign * 1e12
+            if abs(np.median(values)) > 1.0:
+                return False
+        return True
+
+    right = max(k for k in range(S + 1) if survives(k))
+    if k == right:
+        return True, (f"right: with {S} clients the median stays among the honest values while the corrupted "
+                      "ones are fewer than half; the mean breaks with a single one.")
+    if k == 1 or k == 0:
+        return False, "that is the mean's limit (a single client can drag it anywhere). The median needs more."
+    if k > right:
+        return False, f"try it: np.median of {S} numbers with {k} of them set to 1e12. Where does it land?"
+    return False, f"the median can take more than that: set {k + 1} of {S} numbers to 1e12 and look at np.median."
+
+
+@exercise("2.3", "the responsibilities of the mixture prior (Eq. 51)")
+def _responsibilities(resp):
+    from emfl.priors import MixturePrior
+
+    rng = np.random.default_rng(23)
+    cases = [(np.array([[0.0, 0.0], [2.0, 0.0]]), np.array([[0.0, 0.0], [2.0, 0.0]]), 1.0),
+             (rng.normal(size=(6, 2)), rng.normal(size=(3, 2)), 0.7),
+             (rng.normal(size=(4, 3)) * 30, rng.normal(size=(2, 3)) * 30, 2.0)]  # far apart: exp underflows
+    for phis, ws, lam in cases:
+        got = _call(resp, phis.copy(), ws.copy(), lam)
+        problem = _shape_problem(got, (len(phis), len(ws)), "r")
+        if problem:
+            return False, problem
+        right = MixturePrior(lam).responsibilities(phis, ws)
+        if _close(got, right, atol=1e-8):
+            continue
+        got = np.asarray(got, dtype=float)
+        sq = ((phis[:, None, :] - ws[None, :, :]) ** 2).sum(-1)
+        if not np.allclose(got.sum(axis=1), 1) and _close(got, np.exp(-lam / 2 * sq)):
+            return False, "each row is a distribution over the K components: normalise it to sum to one."
+        with np.errstate(over="ignore", invalid="ignore"):
+            unscaled = np.exp(-sq) / np.exp(-sq).sum(axis=1, keepdims=True)
+        if _close(got, unscaled, atol=1e-8):
+            return False, "the component's density is exp(-lam/2 ||phi - w_k||^2): the precision lam belongs in the exponent."
+        if np.all(np.isfinite(right)) and not np.all(np.isfinite(got)):
+            return False, ("far from every component exp(-lam/2 ||phi - w_k||^2) underflows to 0 and 0/0 is nan: "
+                           "subtract the largest exponent of each row before exponentiating (log-sum-exp).")
+        return False, "r_sk is proportional to exp(-lam/2 ||phi_s - w_k||^2), normalised over k (Eq. 51)."
+    return True, "right, and stable when a client is far from every component."
+
+
+@exercise("2.4", "the M-step of the mixture prior (Eq. 52)")
+def _mixture_m_step(m_step):
+    rng = np.random.default_rng(24)
+    phis = np.array([[0.0, 0.0], [2.0, 0.0], [4.0, 2.0]])
+    r = np.array([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]])
+    cases = [(phis, r)]
+    P = rng.normal(size=(7, 3))
+    R = rng.dirichlet(np.ones(4), size=7)
+    cases.append((P, R))
+    for phis, r in cases:
+        got = _call(m_step, phis.copy(), r.copy())
+        problem = _shape_problem(got, (r.shape[1], phis.shape[1]), "ws")
+        if problem:
+            return False, problem
+        right = (r.T @ phis) / r.sum(axis=0)[:, None]
+        if _close(got, right):
+            continue
+        if _close(got, r.T @ phis):
+            return False, "each w_k is a weighted *average*: divide by the total weight sum_s r_sk."
+        if _close(got, np.repeat(phis.mean(axis=0)[None], r.shape[1], axis=0)):
+            return False, "every component got the plain average: weight each client by its responsibility r_sk."
+        return False, "w_k maximises sum_s r_sk log N(phi_s; w_k, I/lam): set its gradient to zero (Eq. 52)."
+    return True, "right: EM for a Gaussian mixture, run on what the clients send."
+
+
+@exercise("2.5", "predict: when does the ensemble split?")
+def _predict_split(answer, data, w0, lam=0.4, rounds=30):
+    if not isinstance(answer, (bool, np.bool_)):
+        return False, f"answer True or False; you gave {answer!r}."
+    h = em.run(em.hard_em(lam, "mixture"), data, np.asarray(w0, dtype=float), rounds)
+    distance = float(np.linalg.norm(h.final[0] - h.final[1]))
+    right = distance > 1.0
+    if bool(answer) == right:
+        return True, (f"right: at lam = {lam} the members end {distance:.2f} apart. Between lam = 0.2 and 0.4 the "
+                      "soft responsibilities turn decisive and the single average splits in two, a sudden change "
+                      "like a phase transition.")
+    return False, (f"run the loop of the cell above with lam = {lam}. Which side of the change between "
+                   "0.05 and 1.0 is it on, and why do the responsibilities decide it?")

@@ -1,0 +1,166 @@
+"""The exercises' checks: each accepts its solution (solutions/), rejects typical wrong answers
+with a hint, and treats an answer still as handed out as not answered."""
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import emfl
+from emfl import exercises
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def solutions(notebook: str):
+    spec = importlib.util.spec_from_file_location(f"ex{notebook}", ROOT / "solutions" / f"ex{notebook}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ANSWERS
+
+
+def toy01():
+    data = emfl.make_federated_linreg(S=8, d=2, lam_true=1.0, n_range=(4, 30), sigma_range=(0.5, 2.0), seed=0)
+    lr = 0.5 / max(np.linalg.eigvalsh(c.A).max() for c in data.clients)
+    return {"data": data, "lr": lr}
+
+
+def clustered02():
+    centres = np.array([[-1.5, 0.0], [1.5, 1.0]])
+    data = emfl.make_federated_linreg(S=10, d=2, lam_true=6.0, centres=centres, n_range=(10, 40), seed=4)
+    return {"data": data, "w0": np.array([[-0.5, 0.0], [0.5, 0.0]])}
+
+
+def _unstable_responsibilities(phis, ws, lam):
+    with np.errstate(invalid="ignore"):
+        e = np.exp(-lam / 2 * ((phis[:, None, :] - ws[None, :, :]) ** 2).sum(-1))
+        return e / e.sum(axis=1, keepdims=True)
+
+
+# the context an exercise's check cell passes (the notebook's own data)
+CONTEXT = {"1.5": toy01, "2.5": clustered02}
+
+# typical wrong answers: each must be rejected
+WRONG = {
+    "1.1": [lambda phis: phis.sum(axis=0), lambda phis: np.median(phis, axis=0), lambda phis: phis.mean(axis=1),
+            lambda phis: phis[0]],
+    "1.2": [lambda A, b, w, lam: np.linalg.solve(A + lam * np.eye(len(w)), b),
+            lambda A, b, w, lam: np.linalg.solve(A, b + lam * w), lambda A, b, w, lam: np.linalg.solve(A, b),
+            lambda A, b, w, lam: w],
+    "1.3": [lambda data, w, lam: (w, np.array([w] * data.S)),
+            lambda data, w, lam: (np.zeros_like(w), np.array([np.linalg.solve(c.A, c.b) for c in data.clients]))],
+    "1.4": [lambda a, K, eta: 1 / (K * eta), lambda a, K, eta: a * (1 - eta * a) ** K],
+    "1.5": [1, "ten"],
+    "1.6": ["b", "c", "d"],
+    "2.1": [lambda phis: phis.mean(axis=0), lambda phis: np.median(phis, axis=1), lambda phis: np.median(phis)],
+    "2.2": [1, 4, 6, 11, "five"],
+    "2.3": [_unstable_responsibilities,
+            lambda phis, ws, lam: np.exp(-lam / 2 * ((phis[:, None] - ws[None]) ** 2).sum(-1)),
+            lambda phis, ws, lam: _unstable_responsibilities(phis, ws, 2.0 * np.ones(1))[:, :] * 0 + 1 / len(ws)],
+    "2.4": [lambda phis, r: r.T @ phis, lambda phis, r: np.repeat(phis.mean(0)[None], r.shape[1], axis=0),
+            lambda phis, r: (r.T @ phis) / r.sum()],
+    "2.5": [False, "yes", 1],
+}
+
+
+def notebooks() -> dict:
+    """{notebook number: [exercise numbers its check cells call]}."""
+    out = {}
+    for path in sorted((ROOT / "tutorials").glob("*.ipynb")):
+        nb = json.loads(path.read_text())
+        calls = [m for c in nb["cells"] if c["cell_type"] == "code"
+                 for m in re.findall(r'exercises\.check\("([0-9]+\.[0-9]+)"', "".join(c["source"]))]
+        out[path.name.split("_")[0]] = calls
+    return out
+
+
+def all_answers() -> dict:
+    answers = {}
+    for path in sorted((ROOT / "solutions").glob("ex*.py")):
+        answers.update(solutions(path.stem[2:]))
+    return answers
+
+
+@pytest.mark.parametrize("number", sorted(exercises.EXERCISES))
+def test_every_check_accepts_its_solution(number):
+    answer = all_answers()[number]
+    context = CONTEXT[number]() if number in CONTEXT else {}
+    verdict = exercises.check(number, answer, **context)
+    assert verdict.ok and verdict.answered, str(verdict)
+    assert str(verdict).startswith(f"[x] Exercise {number}: ")
+
+
+@pytest.mark.parametrize("number", sorted(exercises.EXERCISES))
+def test_every_check_rejects_wrong_answers_with_a_hint(number):
+    assert WRONG.get(number), f"exercise {number} has no wrong answers to test its check with"
+    context = CONTEXT[number]() if number in CONTEXT else {}
+    for wrong in WRONG[number]:
+        verdict = exercises.check(number, wrong, **context)
+        assert verdict.answered and not verdict.ok, (number, str(verdict))
+        assert str(verdict).startswith(f"[!] Exercise {number}: ") and len(verdict.message) > 20
+
+
+def test_a_hint_names_the_mistake_and_never_the_answer():
+    verdict = exercises.check("1.1", lambda phis: phis.sum(axis=0))
+    assert "added the clients' points up" in verdict.message
+    right = np.mean([[1.0, 2.0], [3.0, -2.0], [5.0, 6.0]], axis=0)
+    assert "3.0" not in verdict.message and str(right) not in verdict.message
+    assert "does not move with w" in exercises.check("1.2", WRONG["1.2"][0]).message
+
+
+def test_an_answer_as_handed_out_is_not_answered():
+    def stub(phis):
+        ...  # your code
+
+    def raises(phis):
+        raise NotImplementedError
+
+    for answer in (..., None, stub, raises):
+        verdict = exercises.check("1.1", answer)
+        assert not verdict.answered and not verdict.ok
+        assert str(verdict).startswith("[ ] Exercise 1.1: not answered yet")
+    broken = exercises.check("1.1", lambda phis: phis.nope)
+    assert broken.answered and not broken.ok and "AttributeError" in broken.message
+    with pytest.raises(ValueError, match="there is no exercise '9.9'"):
+        exercises.check("9.9", 1)
+
+
+def test_the_notebooks_check_every_exercise_once_and_in_order():
+    calls = notebooks()
+    registered = sorted(exercises.EXERCISES, key=lambda n: tuple(map(int, n.split("."))))
+    called = [n for nb in calls.values() for n in nb]
+    assert sorted(called) == sorted(registered), "every registered exercise is checked in a notebook, once"
+    for nb, numbers in calls.items():
+        assert numbers == sorted(numbers, key=lambda n: tuple(map(int, n.split(".")))), nb
+        assert all(int(n.split(".")[0]) == int(nb[:2]) for n in numbers), nb
+    assert set(all_answers()) == set(registered), "every exercise has a solution"
+
+
+def test_grade_tallies_a_students_notebook(tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("from emfl import exercises\nimport numpy as np"),
+                nbformat.v4.new_code_cell('exercises.check("1.1", lambda p: np.mean(p, axis=0))'),
+                nbformat.v4.new_code_cell('exercises.check("1.2", lambda A, b, w, lam: w)'),
+                nbformat.v4.new_code_cell('print(exercises.check("1.6", ...))')]
+    path = tmp_path / "student.ipynb"
+    nbformat.write(nb, path)
+    [(graded, verdicts)] = exercises.grade([path], timeout=300)
+    assert graded == path
+    assert {n: (v.ok, v.answered) for n, v in verdicts.items()} == {
+        "1.1": (True, True), "1.2": (False, True), "1.6": (False, False)}
+    with pytest.raises(FileNotFoundError, match="no such notebook"):
+        exercises.grade([tmp_path / "missing.ipynb"])
+
+
+def test_the_command_line_lists_and_grades(tmp_path, capsys):
+    from emfl.__main__ import main
+
+    assert main(["exercises"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert len(listed) == len(exercises.EXERCISES) and listed[0].split()[0] == "1.1"
+    assert main(["exercises", str(tmp_path / "nope.ipynb")]) == 2
+    assert "no such notebook" in capsys.readouterr().err
