@@ -256,3 +256,119 @@ def _predict_split(answer, data, w0, lam=0.4, rounds=30):
                       "like a phase transition.")
     return False, (f"run the loop of the cell above with lam = {lam}. Which side of the change between "
                    "0.05 and 1.0 is it on, and why do the responsibilities decide it?")
+
+
+# --------------------------------------------------------------------------- 03 · FedPA
+
+
+@exercise("3.1", "the global optimum as a product of local posteriors")
+def _global_optimum(global_optimum):
+    rng = np.random.default_rng(31)
+    cases = [([np.diag([1.0, 4.0]), np.diag([4.0, 1.0])], [np.array([1.0, 0.0]), np.array([0.0, 1.0])])]
+    for S, d in ((3, 2), (4, 3)):
+        cases.append(([_spd(rng, d) for _ in range(S)], [rng.normal(size=d) for _ in range(S)]))
+    for As, mus in cases:
+        got = _call(global_optimum, [A.copy() for A in As], [m.copy() for m in mus])
+        problem = _shape_problem(got, mus[0].shape, "theta*")
+        if problem:
+            return False, problem
+        right = np.linalg.solve(sum(As), sum(A @ m for A, m in zip(As, mus)))
+        if _close(got, right):
+            continue
+        if _close(got, np.mean(mus, axis=0)):
+            return False, ("that is the plain average of the client optima, FedAvg's fixed point with many local "
+                           "steps: it treats every Sigma_i as the identity. Weigh each mu_i by its precision.")
+        return False, ("the product of Gaussians N(mu_i, A_i^-1) is Gaussian: add the precisions, and the "
+                       "precision-weighted means.")
+    return True, "right: precisions add, and each client's optimum counts by its precision."
+
+
+@exercise("3.2", "the shrinkage covariance")
+def _shrinkage(shrinkage_covariance):
+    from emfl import fedpa
+
+    rng = np.random.default_rng(32)
+    cases = [(np.array([[1.0, 0.0], [-1.0, 2.0], [0.0, 1.0]]), 1.0), (rng.normal(size=(5, 3)), 10.0),
+             (rng.normal(size=(2, 4)), 0.5)]
+    for samples, rho in cases:
+        l, d = samples.shape
+        got = _call(shrinkage_covariance, samples.copy(), rho)
+        problem = _shape_problem(got, (d, d), "Sigma")
+        if problem:
+            return False, problem
+        right = fedpa.shrinkage_covariance(samples, rho)
+        if _close(got, right):
+            continue
+        r = 1 / (1 + (l - 1) * rho)
+        S0 = np.cov(samples, rowvar=False, ddof=0).reshape(d, d)
+        S1 = np.cov(samples, rowvar=False, ddof=1).reshape(d, d)
+        if _close(got, r * np.eye(d) + (1 - r) * S0):
+            return False, "use the unbiased sample covariance (divide by l - 1, not l)."
+        if _close(got, rho * np.eye(d) + (1 - rho) * S1) or _close(got, (1 - r) * np.eye(d) + r * S1):
+            return False, "the weight on the identity is rho_l = 1 / (1 + (l - 1) rho), and 1 - rho_l on S."
+        return False, "Sigma = rho_l I + (1 - rho_l) S with rho_l = 1 / (1 + (l - 1) rho) and S the sample covariance."
+    return True, "right: rho = 0 (or l = 1) gives the identity, FedAvg; a large rho trusts the samples."
+
+
+@exercise("3.3", "FedPA's delta from two samples, by hand")
+def _delta_two(delta_two_samples):
+    from emfl import fedpa
+
+    rng = np.random.default_rng(33)
+    cases = [(np.array([1.0, 0.0]), np.array([3.0, 0.0]), np.zeros(2), 1.0)]
+    for d in (2, 5):
+        cases.append((rng.normal(size=d), rng.normal(size=d), rng.normal(size=d), float(rng.uniform(0.5, 50))))
+    for x1, x2, theta, rho in cases:
+        got = _call(delta_two_samples, x1.copy(), x2.copy(), theta.copy(), rho)
+        problem = _shape_problem(got, theta.shape, "delta")
+        if problem:
+            return False, problem
+        right = fedpa.delta_exact(np.stack([x1, x2]), theta, rho)
+        if _close(got, right):
+            continue
+        mu = (x1 + x2) / 2
+        if _close(got, theta - mu):
+            return False, "that is theta - mu, the delta with Sigma = I (FedAvg on the sample mean); apply Sigma^-1."
+        if _close(got, -right):
+            return False, "the sign: the delta is Sigma^-1 (theta - mu), which the server subtracts."
+        return False, ("with two samples S = u u^T / 2 for u = x1 - x2, so Sigma = rho_l I + c u u^T: invert it with "
+                       "Sherman-Morrison, or solve the d x d system.")
+    return True, "right: one rank-one correction to the identity, the smallest case of FedPA's O(l^2 d) recursion."
+
+
+@exercise("3.4", "predict, then move the sliders: how many samples?")
+def _how_many_samples(answer, data, lr, K=300, rho=100.0, rounds=30):
+    from emfl import fedpa
+    from emfl.optim import adam
+    from emfl.panels import fedpa_split
+
+    if isinstance(answer, bool) or not isinstance(answer, (int, np.integer)) or not 1 <= answer <= 30:
+        return False, f"answer with a number of samples l between 1 and 30; you gave {answer!r}."
+    opt = linreg.pooled_least_squares(data)
+
+    def distance(h):
+        return float(np.linalg.norm(h.w[-10:].mean(axis=0) - opt))
+
+    avg = distance(em.run(fedpa.fedavg_sgd(lr, K, 5, adam(0.1), seed=0), data, np.zeros(2), rounds))
+    ratios = {}
+    for l in range(1, 11):
+        burn_in, W = fedpa_split(K, l)
+        ratios[l] = distance(em.run(fedpa.fedpa(lr, l, W, burn_in, rho, 5, adam(0.1), seed=0), data,
+                                    np.zeros(2), rounds)) / avg
+    right = min(l for l, r in ratios.items() if r < 0.5)
+    if int(answer) == right:
+        return True, (f"right: with l = {right} FedPA ends {ratios[right]:.2f} of FedAvg's distance away "
+                      f"(l = 1: {ratios[1]:.2f}, l = 10: {ratios[10]:.2f}). One sample is FedAvg on the iterate "
+                      "average; from two on the covariance starts to bend the update toward the optimum.")
+    return False, ("move the l slider (K = 300, rho = 100) and compare the two curves of the right panel over the "
+                   "last rounds; count from l = 1 upward.")
+
+
+@exercise("3.5", "why the two biases move apart")
+def _why_bias(answer):
+    return _choice(answer, "a", "abc",
+                   {"b": "both methods take the same SGD steps with the same learning rate.",
+                    "c": "the bias is measured before any server step: the server's optimiser plays no part."},
+                   "With many steps FedAvg's update tends to theta - mu_i, which counts every client's optimum "
+                   "with the same (identity) covariance; FedPA's tends to Sigma_i^-1 (theta - mu_i), whose sum "
+                   "is the gradient of the global objective.")

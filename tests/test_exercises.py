@@ -40,8 +40,28 @@ def _unstable_responsibilities(phis, ws, lam):
         return e / e.sum(axis=1, keepdims=True)
 
 
+def pair03():
+    from emfl import linreg
+
+    c1 = linreg.anisotropic_client([2.0, 0.0], [1.5, 0.5], 0.0, 50, 2.0, seed=1)
+    c2 = linreg.anisotropic_client([-1.0, 2.0], [1.5, 0.5], np.pi / 2.5, 50, 2.0, seed=2)
+    pair = emfl.FederatedLinReg((c1, c2))
+    return {"data": pair, "lr": 0.5 / max(np.linalg.eigvalsh(c.A).max() for c in pair.clients)}
+
+
+def _biased_shrinkage(samples, rho):
+    l, d = samples.shape
+    r = 1 / (1 + (l - 1) * rho)
+    return r * np.eye(d) + (1 - r) * np.cov(samples, rowvar=False, ddof=0).reshape(d, d)
+
+
+def _rho_not_rho_l(samples, rho):
+    d = samples.shape[1]
+    return rho * np.eye(d) + (1 - rho) * np.cov(samples, rowvar=False, ddof=1).reshape(d, d)
+
+
 # the context an exercise's check cell passes (the notebook's own data)
-CONTEXT = {"1.5": toy01, "2.5": clustered02}
+CONTEXT = {"1.5": toy01, "2.5": clustered02, "3.4": pair03}
 
 # typical wrong answers: each must be rejected
 WRONG = {
@@ -63,6 +83,14 @@ WRONG = {
     "2.4": [lambda phis, r: r.T @ phis, lambda phis, r: np.repeat(phis.mean(0)[None], r.shape[1], axis=0),
             lambda phis, r: (r.T @ phis) / r.sum()],
     "2.5": [False, "yes", 1],
+    "3.1": [lambda As, mus: np.mean(mus, axis=0), lambda As, mus: sum(A @ m for A, m in zip(As, mus)),
+            lambda As, mus: np.linalg.solve(sum(As), sum(mus))],
+    "3.2": [_biased_shrinkage, _rho_not_rho_l, lambda samples, rho: np.eye(samples.shape[1])],
+    "3.3": [lambda x1, x2, theta, rho: theta - (x1 + x2) / 2, lambda x1, x2, theta, rho: (x1 + x2) / 2 - theta,
+            lambda x1, x2, theta, rho: np.linalg.solve(np.outer(x1 - x2, x1 - x2) / 2 + np.eye(len(theta)),
+                                                         theta - (x1 + x2) / 2)],
+    "3.4": [1, 2, 10, 0, 2.5],
+    "3.5": ["b", "c"],
 }
 
 
