@@ -372,3 +372,94 @@ def _why_bias(answer):
                    "With many steps FedAvg's update tends to theta - mu_i, which counts every client's optimum "
                    "with the same (identity) covariance; FedPA's tends to Sigma_i^-1 (theta - mu_i), whose sum "
                    "is the gradient of the global objective.")
+
+
+# --------------------------------------------------------------------------- 04 · FedSparse from the spike and slab
+
+
+@exercise("4.1", "the M-step of the spike and slab (Eq. 20)")
+def _sparse_m_step(m_step):
+    rng = np.random.default_rng(41)
+    cases = [(np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([[1.0, 0.0], [1.0, 1.0]])),
+             (rng.normal(size=(5, 4)), rng.uniform(0.1, 0.9, size=(5, 4)))]
+    for w_s, pi in cases:
+        got = _call(m_step, w_s.copy(), pi.copy())
+        if not isinstance(got, tuple) or len(got) != 2:
+            return False, "return a pair (w, theta), each of shape (d,)."
+        w, theta = got
+        problem = _shape_problem(w, w_s.shape[1:], "w") or _shape_problem(theta, w_s.shape[1:], "theta")
+        if problem:
+            return False, problem
+        right_w, right_theta = (pi * w_s).sum(0) / pi.sum(0), pi.mean(0)
+        if not _close(w, right_w):
+            if _close(w, w_s.mean(0)):
+                return False, ("w counts a client's value even where the client switched it off: weigh each w_s "
+                               "by its pi_s (set the gradient of Eq. 19 to zero).")
+            return False, "w is off: set sum_s lam pi_s (w_s - w) = 0 (Eq. 19) and solve for w."
+        if not _close(theta, right_theta):
+            if _close(theta, pi.sum(0)):
+                return False, "theta is a probability: it comes out as an average, not a sum, of the pi_s."
+            return False, "theta is off: set sum_s pi_s / theta - (1 - pi_s) / (1 - theta) = 0 and solve."
+    return True, "right: w is the pi-weighted average of the clients' values, theta the average of their pi."
+
+
+@exercise("4.2", "what switching a gate on costs")
+def _gate_cost(gate_cost):
+    for lam0, theta in ((5.0, 0.5), (5.0, 0.99), (1.0, 0.1), (0.0, 0.7)):
+        got = _call(gate_cost, lam0, theta)
+        if np.ndim(got) != 0:
+            return False, "return one number, in nats."
+        right = lam0 - np.log(theta / (1 - theta))
+        if np.isclose(float(got), right, rtol=1e-9, atol=1e-12):
+            continue
+        if np.isclose(float(got), lam0 + np.log(theta / (1 - theta)), rtol=1e-9, atol=1e-12):
+            return False, "the sign of the prior's part: a gate the server believes in (theta near 1) is cheaper to switch on."
+        if np.isclose(float(got), lam0 - np.log(theta), rtol=1e-9, atol=1e-12):
+            return False, ("switching on also gives up the (1 - pi) log(1 - theta) term of Eq. 38: compare the "
+                           "loss with pi = 1 and with pi = 0.")
+        return False, "compare J_s with pi_j = 1 and with pi_j = 0, all else equal: the difference in the prior's terms."
+    return True, "right: lam0 minus the log-odds of the server's theta."
+
+
+@exercise("4.3", "the gates' cross-entropy (Eq. 38)")
+def _cross_entropy(cross_entropy):
+    cases = [(np.array([1.0, 0.0]), np.array([0.5, 0.5])), (np.array([0.2, 0.9, 0.5]), np.array([0.6, 0.3, 0.99]))]
+    for pi, theta in cases:
+        got = _call(cross_entropy, pi.copy(), theta.copy())
+        if np.ndim(got) != 0:
+            return False, "return one number: the sum over the gates."
+        right = float(np.sum(pi * np.log(theta) + (1 - pi) * np.log(1 - theta)))
+        if np.isclose(float(got), right, rtol=1e-9):
+            continue
+        if np.isclose(float(got), -right, rtol=1e-9):
+            return False, "the sign: Eq. 38 is an expected log-probability, so it is negative."
+        if np.isclose(float(got), float(np.sum(pi * np.log(theta))), rtol=1e-9):
+            return False, "a gate that is off has probability 1 - theta under the prior: add its term too."
+        return False, "E_q[log Bern(z; theta)] for z ~ Bern(pi), summed over the gates."
+    return True, "right: and summing over all 2^3 gate patterns (section 2) gives the same number."
+
+
+@exercise("4.4", "predict, then move the sliders: when is half the model gone?")
+def _half_gone(answer, grid, lam=1.0, ce_scale=1e-4):
+    lam0s = list(np.asarray(grid["lam0s"], dtype=float))
+    if isinstance(answer, bool) or not isinstance(answer, (int, float, np.number)) or float(answer) not in lam0s:
+        return False, f"answer with one of the slider's lambda0 values: {', '.join(f'{v:g}' for v in lam0s)}."
+    i = int(np.argmin(np.abs(np.asarray(grid["ce_scales"]) - ce_scale)))
+    k = int(np.argmin(np.abs(np.asarray(grid["lams"]) - lam)))
+    sparsity = np.asarray(grid["sparsity"])[i, k]
+    right = next(v for v, s in zip(lam0s, sparsity) if s >= 0.5)
+    if float(answer) == right:
+        return True, (f"right: at lambda0 = {right:g} nats the sparsity reaches {sparsity[lam0s.index(right)]:.0%}. "
+                      "Above it the features that matter but carry small weights start to go.")
+    side = "lower" if float(answer) > right else "higher"
+    return False, f"set lambda = 1 and 'x 1e-4', then move lambda0 and read the sparsity (right panel): look {side}."
+
+
+@exercise("4.5", "why FedSparse can send more than FedAvg")
+def _more_than_fedavg(answer):
+    return _choice(answer, "a", "abc",
+                   {"b": "on the toy world a client's gates are binary already and it sends them once.",
+                    "c": "no data ever leaves a client, in any of these algorithms."},
+                   "Until it prunes, FedSparse sends a keep-probability theta_j beside every value w_j (and the "
+                   "clients a bit per value). On networks one gate covers a whole filter or neuron, so the "
+                   "overhead is one number per hundreds of weights.")
