@@ -172,7 +172,7 @@ def _exercises(args) -> int:
     from emfl import exercises
 
     if not args.notebooks:
-        for number, ex in sorted(exercises.EXERCISES.items(), key=lambda kv: tuple(map(int, kv[0].split(".")))):
+        for number, ex in sorted(exercises.EXERCISES.items(), key=lambda kv: exercises.order(kv[0])):
             print(f"{number:>5}  {ex.title}")
         return 0
     missing = [p for p in args.notebooks if not Path(p).is_file()]
@@ -182,7 +182,7 @@ def _exercises(args) -> int:
     for path, verdicts in exercises.grade(args.notebooks, timeout=args.timeout):
         right = sum(v.ok for v in verdicts.values())
         print(f"{path}: {right} of {len(verdicts)} exercises right")
-        for number in sorted(verdicts, key=lambda n: tuple(map(int, n.split(".")))):
+        for number in sorted(verdicts, key=exercises.order):
             v = verdicts[number]
             state = "right" if v.ok else ("not answered" if not v.answered else "not yet")
             print(f"  {number:>5}  {state:<13} {'' if v.ok or not v.answered else v.message}".rstrip())

@@ -21,12 +21,13 @@ for a mean, a missing prior term), the hint names the idea to revisit.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-__all__ = ["Verdict", "Exercise", "EXERCISES", "check", "exercise", "not_answered", "grade"]
+__all__ = ["Verdict", "Exercise", "EXERCISES", "check", "exercise", "not_answered", "grade", "order"]
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,18 @@ class Exercise:
 EXERCISES: dict = {}
 
 
+def order(number: str) -> tuple:
+    """A sort key for exercise numbers: ``"1.2" < "1.10" < "3.1" < "3b.1" < "4.1"``."""
+    m = re.fullmatch(r"(\d+)([a-z]*)\.(\d+)", str(number))
+    if m is None:
+        raise ValueError(f"an exercise number looks like 1.2 or 3b.1; got {number!r}")
+    return int(m.group(1)), m.group(2), int(m.group(3))
+
+
 def exercise(number: str, title: str):
     """Register the check of exercise ``number`` (a decorator)."""
+
+    order(number)  # a well-formed number
 
     def register(fn):
         if number in EXERCISES:
@@ -186,3 +197,4 @@ def _choice(answer, right: str, options: str, hints: dict, explain: str):
 
 # import the checks of every notebook, so that they register
 from emfl import _exercises_toy  # noqa: E402,F401
+from emfl import _exercises_nn  # noqa: E402,F401

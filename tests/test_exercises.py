@@ -111,6 +111,13 @@ WRONG = {
             lambda pi, theta: -float(np.sum(pi * np.log(theta) + (1 - pi) * np.log(1 - theta)))],
     "4.4": [3.0, 30.0, 100.0, 7.0, "20"],
     "4.5": ["b", "c"],
+    "3b.1": [62006 * 40 * 1000 / 2**30, 62006 * 8 * 1000 / 2**30, 62006 * 80 * 1000 / 1e9, 65.46, "4.6"],
+    "3b.2": ["a", "c", "d"],
+    "3b.3": [lambda w, g, m, v, t: (w - 1e-3 * g, m, v, t + 1),
+             lambda w, g, m, v, t: (w - 1e-3 * (0.9 * m + 0.1 * g) / (((0.999 * v + 0.001 * g * g)).sqrt() + 1e-8),
+                                    0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g, t + 1)],
+    "3b.4": ["b", "c"],
+    "3b.5": [4 * 878_538, 4 * (878_538 - 801) + 8 * 607 + 76, 4 * (878_538 - 801 - 12_800), 3_464_680.0],
 }
 
 
@@ -120,7 +127,7 @@ def notebooks() -> dict:
     for path in sorted((ROOT / "tutorials").glob("*.ipynb")):
         nb = json.loads(path.read_text())
         calls = [m for c in nb["cells"] if c["cell_type"] == "code"
-                 for m in re.findall(r'exercises\.check\("([0-9]+\.[0-9]+)"', "".join(c["source"]))]
+                 for m in re.findall(r'exercises\.check\("([0-9]+[a-z]*\.[0-9]+)"', "".join(c["source"]))]
         out[path.name.split("_")[0]] = calls
     return out
 
@@ -178,12 +185,12 @@ def test_an_answer_as_handed_out_is_not_answered():
 
 def test_the_notebooks_check_every_exercise_once_and_in_order():
     calls = notebooks()
-    registered = sorted(exercises.EXERCISES, key=lambda n: tuple(map(int, n.split("."))))
+    registered = sorted(exercises.EXERCISES, key=exercises.order)
     called = [n for nb in calls.values() for n in nb]
     assert sorted(called) == sorted(registered), "every registered exercise is checked in a notebook, once"
     for nb, numbers in calls.items():
-        assert numbers == sorted(numbers, key=lambda n: tuple(map(int, n.split(".")))), nb
-        assert all(int(n.split(".")[0]) == int(nb[:2]) for n in numbers), nb
+        assert numbers == sorted(numbers, key=exercises.order), nb
+        assert all(n.split(".")[0] == nb.lstrip("0") for n in numbers), nb
     assert set(all_answers()) == set(registered), "every exercise has a solution"
 
 
