@@ -206,7 +206,7 @@ def _responsibilities(resp):
         got = np.asarray(got, dtype=float)
         sq = ((phis[:, None, :] - ws[None, :, :]) ** 2).sum(-1)
         if not np.allclose(got.sum(axis=1), 1) and _close(got, np.exp(-lam / 2 * sq)):
-            return False, "each row is a distribution over the K components: normalise it to sum to one."
+            return False, "each row is a distribution over the M components: normalise it to sum to one."
         with np.errstate(over="ignore", invalid="ignore"):
             unscaled = np.exp(-sq) / np.exp(-sq).sum(axis=1, keepdims=True)
         if _close(got, unscaled, atol=1e-8):
@@ -269,7 +269,7 @@ def _global_optimum(global_optimum):
         cases.append(([_spd(rng, d) for _ in range(S)], [rng.normal(size=d) for _ in range(S)]))
     for As, mus in cases:
         got = _call(global_optimum, [A.copy() for A in As], [m.copy() for m in mus])
-        problem = _shape_problem(got, mus[0].shape, "theta*")
+        problem = _shape_problem(got, mus[0].shape, "w*")
         if problem:
             return False, problem
         right = np.linalg.solve(sum(As), sum(A @ m for A, m in zip(As, mus)))
@@ -328,9 +328,9 @@ def _delta_two(delta_two_samples):
             continue
         mu = (x1 + x2) / 2
         if _close(got, theta - mu):
-            return False, "that is theta - mu, the delta with Sigma = I (FedAvg on the sample mean); apply Sigma^-1."
+            return False, "that is w - mu, the delta with Sigma = I (FedAvg on the sample mean); apply Sigma^-1."
         if _close(got, -right):
-            return False, "the sign: the delta is Sigma^-1 (theta - mu), which the server subtracts."
+            return False, "the sign: the delta is Sigma^-1 (w - mu), which the server subtracts."
         return False, ("with two samples S = u u^T / 2 for u = x1 - x2, so Sigma = rho_l I + c u u^T: invert it with "
                        "Sherman-Morrison, or solve the d x d system.")
     return True, "right: one rank-one correction to the identity, the smallest case of FedPA's O(l^2 d) recursion."
@@ -369,8 +369,8 @@ def _why_bias(answer):
     return _choice(answer, "a", "abc",
                    {"b": "both methods take the same SGD steps with the same learning rate.",
                     "c": "the bias is measured before any server step: the server's optimiser plays no part."},
-                   "With many steps FedAvg's update tends to theta - mu_i, which counts every client's optimum "
-                   "with the same (identity) covariance; FedPA's tends to Sigma_i^-1 (theta - mu_i), whose sum "
+                   "With many steps FedAvg's update tends to w - mu_i, which counts every client's optimum "
+                   "with the same (identity) covariance; FedPA's tends to Sigma_i^-1 (w - mu_i), whose sum "
                    "is the gradient of the global objective.")
 
 

@@ -14,11 +14,11 @@ def shrinkage_covariance(samples, rho):  # 3.2
     return r * np.eye(d) + (1 - r) * S
 
 
-def delta_two_samples(x1, x2, theta, rho):  # 3.3: Sigma = r I + c u u^T, inverted by Sherman-Morrison
+def delta_two_samples(x1, x2, w, rho):  # 3.3: Sigma = r I + c u u^T, inverted by Sherman-Morrison
     r = 1 / (1 + rho)  # rho_l for l = 2
     u = x1 - x2
     c = (1 - r) / 2  # S = u u^T / 2 (unbiased, l - 1 = 1)
-    v = theta - (x1 + x2) / 2
+    v = w - (x1 + x2) / 2
     return (v - c * u * (u @ v) / (r + c * (u @ u))) / r
 
 
