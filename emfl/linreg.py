@@ -31,6 +31,7 @@ __all__ = [
     "posterior",
     "map_estimate",
     "log_marginal",
+    "elbo",
     "grad_log_marginal",
     "objective",
     "ml_w",
@@ -246,6 +247,26 @@ def map_estimate(client: Client, w, lam: float) -> np.ndarray:
     check_positive("lam", lam)
     w = as_vector("w", w, client.d)
     return np.linalg.solve(client.A + lam * np.eye(client.d), client.b + lam * w)
+
+
+def elbo(client: Client, m, cov, w, lam: float) -> float:
+    """The variational lower bound of ``log p(D_s | w)`` (Eq. 12, one client) for a Gaussian
+    ``q(phi_s) = N(m, cov)``: ``E_q[log p(D_s | phi)] + E_q[log p(phi | w)] + H[q]``, in closed form.
+
+    It equals ``log_marginal`` exactly when ``q`` is the posterior (the E-step closes the gap) and
+    is below it by ``KL(q || posterior)`` otherwise."""
+    check_positive("lam", lam)
+    w = as_vector("w", w, client.d)
+    m = as_vector("m", m, client.d)
+    cov = np.asarray(cov, dtype=float)
+    n, d = client.n, client.d
+    r = client.y - client.X @ m
+    e_lik = -0.5 * (r @ r + np.trace(client.X @ cov @ client.X.T)) / client.sigma2 - n / 2 * np.log(2 * np.pi * client.sigma2)
+    e_prior = -lam / 2 * ((m - w) @ (m - w) + np.trace(cov)) + d / 2 * np.log(lam / (2 * np.pi))
+    sign, logdet = np.linalg.slogdet(2 * np.pi * np.e * cov)
+    if sign <= 0:
+        raise ValueError("cov must be a positive definite covariance")
+    return float(e_lik + e_prior + 0.5 * logdet)
 
 
 def log_marginal(client: Client, w, lam: float) -> float:

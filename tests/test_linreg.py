@@ -206,3 +206,24 @@ def test_clusters():
 def test_bad_input_is_explained(tiny, call, message):
     with pytest.raises(ValueError, match=message):
         call(tiny)
+
+
+def test_elbo_is_the_marginal_at_the_posterior_and_below_it_by_the_kl(fed):
+    """Eq. 12 for Gaussian q: equal to log p(D_s | w) at the exact posterior, and below it by exactly
+    KL(q || posterior), computed here with the textbook formula for two Gaussians."""
+    c, lam = fed.clients[0], 1.3
+    d = c.d
+    w = np.linspace(0.5, -1.0, d)
+    m, S = linreg.posterior(c, w, lam)
+    assert linreg.elbo(c, m, S, w, lam) == pytest.approx(linreg.log_marginal(c, w, lam), abs=1e-10)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        q_m = m + rng.normal(size=d) * 0.3
+        B = rng.normal(size=(d, d))
+        q_S = B @ B.T + 0.05 * np.eye(d)
+        P = np.linalg.inv(S)
+        kl = 0.5 * (np.trace(P @ q_S) + (m - q_m) @ P @ (m - q_m) - d + np.log(np.linalg.det(S) / np.linalg.det(q_S)))
+        assert kl > 0
+        assert linreg.elbo(c, q_m, q_S, w, lam) == pytest.approx(linreg.log_marginal(c, w, lam) - kl, abs=1e-9)
+    with pytest.raises(ValueError, match="positive definite"):
+        linreg.elbo(c, m, -S, w, lam)
