@@ -26,8 +26,8 @@ PAPER = {
 ORDER = ("FedAvg", "FedDrop", "FedL1", "FedSparse low", "FedSparse mid", "FedSparse high")
 _LEVELS = {5e-7: "low", 5e-6: "mid", 5e-5: "high"}
 LAM0_LEVELS = {"low": 5e-7, "mid": 5e-6, "high": 5e-5}  # the paper's lam0 per level
-COLOURS = {"FedAvg": "black", "FedDrop": "tab:green", "FedL1": "tab:purple", "FedSparse low": "#9ecae1",
-           "FedSparse mid": "#3182bd", "FedSparse high": "#08306b"}
+COLOURS = {"FedAvg": "black", "FedDrop": "tab:green", "FedL1": "tab:purple", "FedSparse low": "tab:orange",
+           "FedSparse mid": "tab:red", "FedSparse high": "tab:blue"}  # distinct hues, not shades of one
 
 
 def load_history(path) -> dict:
