@@ -108,9 +108,6 @@ def _call(fn, *args, **kwargs):
     return out
 
 
-_LOG: list = []  # the verdicts of this session, for grade()
-
-
 def check(number: str, answer, **context) -> Verdict:
     """Check ``answer`` to exercise ``number``; prints (returns) a :class:`Verdict`.  ``context``
     passes what the exercise is about (the notebook's data), where the exercise says so."""
@@ -128,7 +125,6 @@ def check(number: str, answer, **context) -> Verdict:
             verdict = Verdict(ex.number, False, "Replace the ... in the function's body with your code.", False)
         except Exception as err:  # the student's code raised: say so, as a hint
             verdict = Verdict(ex.number, False, f"your answer raised {type(err).__name__}: {err}")
-    _LOG.append(verdict)
     return verdict
 
 
