@@ -61,10 +61,11 @@ def _run(args) -> int:
     settings.update({f: getattr(args, f) for f in args.algorithm_settings if f in args.explicit})
     try:
         config = make_config(args.algo, **settings)
-        if args.resume and not checkpoint_path(args.out).exists() and not Path(args.out).exists():
-            print(f"no checkpoint {checkpoint_path(args.out)} yet: starting from round 0", file=sys.stderr)
+        ckpt = checkpoint_path(args.out, args.checkpoint_dir)
+        if args.resume and not ckpt.exists() and not Path(args.out).exists():
+            print(f"no checkpoint {ckpt} yet: starting from round 0", file=sys.stderr)
         doc = run(config, args.out, data_dir=args.data_dir, resume=args.resume, download=args.download,
-                  progress=not args.quiet)
+                  progress=not args.quiet, checkpoint_dir=args.checkpoint_dir)
     except Interrupted as err:
         print(str(err), file=sys.stderr)
         return 130
@@ -120,8 +121,11 @@ def _add_run_parser(sub):
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the split, the model and every client")
     p.add_argument("--data-dir", default=None, help="folder with the data (default: $EMFL_DATA_DIR)")
     p.add_argument("--download", action="store_true", help="download CIFAR-10 (md5-checked) if not found")
-    p.add_argument("--out", required=True, help="run history (.json); the checkpoint goes to OUT.ckpt")
-    p.add_argument("--resume", action="store_true", help="continue from OUT.ckpt (starts afresh if neither exists)")
+    p.add_argument("--out", required=True, help="run history (.json)")
+    p.add_argument("--checkpoint-dir", dest="checkpoint_dir", default=None,
+                   help="where the run's checkpoint goes (default: $EMFL_CHECKPOINT_DIR, else ~/.cache/emfl/checkpoints)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint of --out (starts afresh if neither exists)")
     p.add_argument("--clients-per-round", dest="clients_per_round", type=int, default=d.clients_per_round,
                    help="clients sampled each round")
     p.add_argument("--local-epochs", dest="local_epochs", type=int, default=d.local_epochs,
@@ -145,6 +149,9 @@ def _add_run_parser(sub):
     p.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu, cuda")
     p.add_argument("--client-batching", dest="client_batching", choices=["auto", "loop", "vmap"],
                    default=d.client_batching, help="train a round's clients one by one or batched (auto: batched on CUDA)")
+    p.add_argument("--client-compute", dest="client_compute", choices=["sliced", "dense"], default=d.client_compute,
+                   help="clients train the model cut to its surviving units (sliced, faster) or the masked "
+                        "dense model (the same updates up to float round-off)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     settings = _algorithm_settings()
     group = p.add_argument_group("settings of the algorithms", "each algorithm takes only its own")

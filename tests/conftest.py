@@ -15,3 +15,9 @@ def tiny():
 @pytest.fixture
 def fed():
     return make_federated_linreg(S=6, d=3, lam_true=2.0, n_range=(8, 30), seed=3)
+
+
+@pytest.fixture(autouse=True)
+def _checkpoints_in_tmp(tmp_path_factory, monkeypatch):
+    """Runs started by the tests keep their checkpoints in a temporary folder, not the user's cache."""
+    monkeypatch.setenv("EMFL_CHECKPOINT_DIR", str(tmp_path_factory.mktemp("checkpoints")))

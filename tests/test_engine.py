@@ -117,6 +117,37 @@ def test_metrics_and_history(tmp_path):
     assert checkpoint_path(tmp_path / "h.json").exists()
 
 
+def test_checkpoints_go_outside_the_work_tree_and_never_collide(tmp_path, monkeypatch):
+    from emfl.nn.runner import checkpoint_dir
+
+    data = tiny_federation(clients=4, n=16, m=4)
+    cfg = dict(rounds=2, clients_per_round=2, batch_size=8)
+    for folder in ("x", "y"):  # two histories of one name in two folders
+        run(RunConfig(**cfg), tmp_path / folder / "h.json", data=data, progress=False)
+    found = sorted(p.name for p in checkpoint_dir().iterdir())
+    assert len(found) == 2 and all(n.startswith("h.json.") and n.endswith(".ckpt") for n in found)
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["h.json"]  # nothing beside the history
+    # --checkpoint-dir, then the environment, then the user's cache
+    assert checkpoint_path(tmp_path / "h.json", tmp_path / "c").parent == tmp_path / "c"
+    monkeypatch.setenv("EMFL_CHECKPOINT_DIR", str(tmp_path / "env"))
+    assert checkpoint_dir() == tmp_path / "env"
+    monkeypatch.delenv("EMFL_CHECKPOINT_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert checkpoint_dir() == tmp_path / "cache" / "emfl" / "checkpoints"
+
+
+def test_a_checkpoint_left_beside_the_history_is_moved_and_resumed(tmp_path):
+    data = tiny_federation(clients=4, n=16, m=4)
+    cfg = dict(clients_per_round=2, batch_size=8, eval_every=1)
+    out, elsewhere = tmp_path / "h.json", tmp_path / "ckpts"
+    run(RunConfig(rounds=1, **cfg), out, data=data, progress=False, checkpoint_dir=elsewhere)
+    old = tmp_path / "h.json.ckpt"  # where earlier versions kept it
+    checkpoint_path(out, elsewhere).rename(old)
+    doc = run(RunConfig(rounds=2, **cfg), out, data=data, resume=True, progress=False, checkpoint_dir=elsewhere)
+    assert [r["round"] for r in doc["records"]] == [1, 2]
+    assert not old.exists() and checkpoint_path(out, elsewhere).exists()
+
+
 def test_global_accuracy_is_on_the_union_of_test_sets():
     data = tiny_federation(clients=3, n=4, m=5)
     e = Engine(RunConfig(rounds=1), data)

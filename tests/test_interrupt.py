@@ -10,13 +10,14 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from emfl.nn.femnist import make_tiny_femnist
-from emfl.nn.runner import checkpoint_path
+from emfl.nn.runner import checkpoint_path as _checkpoint_path
 
 ROUNDS = 30
 
@@ -40,6 +41,11 @@ def world(tmp_path_factory):
     return w
 
 
+def checkpoint_path(out):
+    """The checkpoint of ``out`` in the folder beside it that the runs below are given."""
+    return _checkpoint_path(out, Path(out).parent / "checkpoints")
+
+
 def _wait_for(path, timeout=120):
     deadline = time.perf_counter() + timeout
     while not path.exists():
@@ -50,7 +56,7 @@ def _wait_for(path, timeout=120):
 
 def _args(w, out, resume=False):
     return [sys.executable, "-m", "emfl", "run", "--task", "femnist", "--data-dir", str(w["root"] / "data"),
-            "--out", str(out), "--rounds", str(ROUNDS), "--clients-per-round", "2", "--eval-every", "10",
+            "--out", str(out), "--checkpoint-dir", str(Path(out).parent / "checkpoints"), "--rounds", str(ROUNDS), "--clients-per-round", "2", "--eval-every", "10",
             "--quiet"] + (["--resume"] if resume else [])
 
 

@@ -47,11 +47,13 @@ class RunConfig:
     checkpoint_every: int = 1  # a kill -9 loses at most this many rounds
     device: str = "auto"
     client_batching: str = "auto"  # loop | vmap | auto (vmap on CUDA when it applies, else loop)
+    client_compute: str = "sliced"  # sliced: clients train the model cut to its surviving units; dense: masked
     preset: str = ""  # the preset name the run was asked for, "" for none
     params: Any = None  # the algorithm's hyperparameters: an instance of its module's Params
 
     # fields that may differ between a checkpoint and the run that resumes it
-    RESUMABLE = ("rounds", "eval_every", "checkpoint_every", "device", "client_batching", "preset")
+    RESUMABLE = ("rounds", "eval_every", "checkpoint_every", "device", "client_batching", "client_compute",
+                 "preset")
 
     def __init__(self, **settings):
         from emfl.nn import algorithms
@@ -95,6 +97,8 @@ class RunConfig:
             raise ValueError(f"test_split must be matched or disjoint; got {self.test_split!r}")
         if self.client_batching not in ("auto", "loop", "vmap"):
             raise ValueError(f"client_batching must be auto, loop or vmap; got {self.client_batching!r}")
+        if self.client_compute not in ("sliced", "dense"):
+            raise ValueError(f"client_compute must be sliced or dense; got {self.client_compute!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu or cuda[:N]; got {self.device!r}")
 

@@ -105,10 +105,13 @@ class Engine:
         self.data = data
         self.device = resolve_device(config.device)
         torch.manual_seed(_seed(config.seed, "init"))
+        # training and evaluation in channels-last memory (the same values, laid out pixel by pixel):
+        # faster convolutions and pooling on the CPU (a dense round 0.83x as long on CIFAR-10, 0.76x
+        # on FEMNIST: benchmarks/sliced_speed.py); the state vector keeps the logical order
         self.model = make_model(config.model, data.input_shape, data.num_classes).to(self.device)
+        self.model = self.model.to(memory_format=torch.channels_last)
         w = state_vector(self.model).clone()
-        # global evaluation on a channels-last copy: 1.5x faster convolutions on the CPU
-        self.eval_model = copy.deepcopy(self.model).to(memory_format=torch.channels_last)
+        self.eval_model = copy.deepcopy(self.model)
         self.d = w.numel()
         self.algorithm = algorithms.get(config.algo)(config.params, self)
         self.server = self.algorithm.init(w)  # the prior's parameters and the optimisers' states
@@ -159,7 +162,10 @@ class Engine:
         bs = self.config.batch_size
         for b in range(0, len(y), bs):
             idx = perm[b:b + bs]
-            yield self.data.normalize(x[idx], self.device), y[idx].to(self.device)
+            xb = self.data.normalize(x[idx], self.device)
+            if xb.dim() == 4:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            yield xb, y[idx].to(self.device)
 
     def uses_vmap(self, clients) -> bool:
         """Train the round's clients together (torch.func.vmap) rather than one by one?

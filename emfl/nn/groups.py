@@ -152,8 +152,7 @@ class GroupMap:
     """Positions of every gated unit in the flat state vector of ``model`` (laid out as
     :func:`emfl.nn.models.state_vector` does: parameters, then float buffers).
 
-    ``group_of[i]``: the unit whose group holds value ``i`` (-1: none).  A value is alive under a
-    unit mask when neither its own unit nor the unit it reads is off (:meth:`alive`)."""
+    ``group_of``: the unit of every value.  A value is alive under a unit mask when neither its own unit nor the unit it reads is off (:meth:`alive`)."""
 
     def __init__(self, model: nn.Module, prune_output: bool = False):
         self.layers = prunable_layers(model, prune_output)
@@ -161,21 +160,17 @@ class GroupMap:
         for t in state_tensors(model):
             offsets[id(t)] = i
             i += t.numel()
-        self.d = d = i
-        self.group_of = torch.full((d,), -1, dtype=torch.int64)
+        self.d = i
         sizes, first = [], 0
         self.layer_slices = []
+        self._places = []  # per layer: (first unit, units, offset of the weight, values per row, offsets of the extras)
         for layer in self.layers:
             m, G = layer.module, layer.groups
-            w0 = offsets[id(m.weight)]
-            per = m.weight[0].numel()
-            idx = torch.arange(first, first + G).repeat_interleave(per)
-            self.group_of[w0:w0 + G * per] = idx
             for t in layer.extras:
                 if t.shape != (G,):
                     raise ValueError(f"{layer.name}: an extra tensor of a unit must have shape ({G},)")
-                e0 = offsets[id(t)]
-                self.group_of[e0:e0 + G] = torch.arange(first, first + G)
+            self._places.append((first, G, offsets[id(m.weight)], m.weight[0].numel(),
+                                 [offsets[id(t)] for t in layer.extras]))
             sizes.append(torch.full((G,), layer.values_per_group, dtype=torch.int64))
             self.layer_slices.append((first, first + G))
             first += G
@@ -197,12 +192,28 @@ class GroupMap:
             else:
                 view = None
             self._segments.append((t.numel(), own, reader, view))
-        self.dense = int((self.group_of < 0).sum())  # values in no group (they may still read a unit)
+        # per state tensor: (the layer whose units own its rows, the layer whose units its columns read)
+        self.roles = [(own, reader) for _, own, reader, _ in self._segments]
+        self.dense = self.d - int(self.sizes.sum())  # values in no group (they may still read a unit)
+        self._group_of = None
         # the affine parameters of every gate module (a conv or linear layer: its weight and bias; a
         # BatchNorm: its scale and shift), by name, for gated_parameters
         names = {id(p): n for n, p in model.named_parameters()}
         self._gate_params = [[(names[id(p)], p) for p in (l.gate.weight, getattr(l.gate, "bias", None))
                               if p is not None and id(p) in names] for l in self.layers]
+
+    @property
+    def group_of(self) -> torch.Tensor:
+        """``group_of[i]``: the unit whose group holds value ``i`` of the state vector (-1: none);
+        built on first use."""
+        if self._group_of is None:
+            group_of = torch.full((self.d,), -1, dtype=torch.int64)
+            for first, G, w0, per, extras in self._places:
+                group_of[w0:w0 + G * per] = torch.arange(first, first + G).repeat_interleave(per)
+                for e0 in extras:
+                    group_of[e0:e0 + G] = torch.arange(first, first + G)
+            self._group_of = group_of
+        return self._group_of
 
     def _row_sums(self, v: torch.Tensor) -> torch.Tensor:
         """Per unit, the sum of ``v`` over its weight row."""

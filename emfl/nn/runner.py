@@ -5,10 +5,12 @@
 * ``out`` (JSON): the config, the hardware, the data split and one record per evaluated round
   (round, global_acc, local_acc, bytes_down, bytes_up, cum_gib, seconds, train_loss), rewritten
   atomically after every evaluation;
-* ``out`` + ``.ckpt``: the server state every ``checkpoint_every`` rounds (default: every round),
-  at every evaluation and at the end, so that ``resume=True`` continues, bit for bit on the same
-  device, where the last checkpoint stopped.  It is written before the JSON, so the history is
-  never ahead of it, and read with ``weights_only=True`` (a checkpoint cannot run code).
+* its checkpoint (:func:`checkpoint_path`: in ``checkpoint_dir``, else ``$EMFL_CHECKPOINT_DIR``,
+  else the user's cache, outside the work tree): the server state every ``checkpoint_every``
+  rounds (default: every round), at every evaluation and at the end, so that ``resume=True``
+  continues, bit for bit on the same device, where the last checkpoint stopped, in this session
+  or a later one.  It is written before the JSON, so the history is never ahead of it, and read
+  with ``weights_only=True`` (a checkpoint cannot run code).
 
 SIGINT (Ctrl-C) or SIGTERM end the current round, write both files and raise
 :class:`Interrupted`; ``kill -9`` at any moment loses at most ``checkpoint_every`` rounds.  A run
@@ -18,10 +20,12 @@ history in place.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
 import signal
+import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -31,14 +35,36 @@ import torch
 from emfl.nn.data import DataError, _umask, atomic_save
 from emfl.nn.engine import Diverged, Engine, RunConfig
 
-__all__ = ["run", "load_task_data", "checkpoint_path", "write_json_atomic", "RunError"]
+__all__ = ["run", "load_task_data", "checkpoint_dir", "checkpoint_path", "write_json_atomic", "RunError"]
 
 
 class RunError(RuntimeError):
     """A run that cannot start or continue as asked; the message says what to do."""
 
 
-def checkpoint_path(out) -> Path:
+def checkpoint_dir(directory=None) -> Path:
+    """Where checkpoints go: ``directory``, else ``$EMFL_CHECKPOINT_DIR``, else the user's cache
+    (``$XDG_CACHE_HOME/emfl/checkpoints``, by default ``~/.cache/emfl/checkpoints``): outside the
+    work tree, so that a checkout stays clean and a run stopped at the end of a session continues
+    with ``--resume`` in the next."""
+    if directory:
+        return Path(directory).expanduser()
+    if os.environ.get("EMFL_CHECKPOINT_DIR"):
+        return Path(os.environ["EMFL_CHECKPOINT_DIR"]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "emfl" / "checkpoints"
+
+
+def checkpoint_path(out, directory=None) -> Path:
+    """The checkpoint of the history ``out``: ``NAME.TAG.ckpt`` in :func:`checkpoint_dir`, with
+    ``TAG`` from ``out``'s absolute path, so that two histories of one name never share one."""
+    out = Path(out).expanduser().resolve()
+    tag = hashlib.sha1(str(out).encode()).hexdigest()[:10]
+    return checkpoint_dir(directory) / f"{out.name}.{tag}.ckpt"
+
+
+def _beside(out) -> Path:
+    """Where earlier versions kept the checkpoint: ``OUT.ckpt`` beside the history."""
     return Path(str(out) + ".ckpt")
 
 
@@ -132,17 +158,21 @@ def _load_checkpoint(ckpt: Path) -> dict:
 
 
 def run(config: RunConfig, out, data_dir=None, resume: bool = False, download: bool = False,
-        data=None, progress: bool = True) -> dict:
+        data=None, progress: bool = True, checkpoint_dir=None) -> dict:
     """Run (or, with ``resume``, continue) a federated training run; returns the JSON document.
 
     The checkpoint is written every ``checkpoint_every`` rounds, at every evaluation and at the
     end, always before the JSON history, so the history is never ahead of the checkpoint (and a
     resume rewrites it from the checkpoint's own copy).  SIGINT or SIGTERM end the current round,
-    write both and raise :class:`Interrupted`."""
+    write both and raise :class:`Interrupted`.  ``checkpoint_dir``: see :func:`checkpoint_path`; a
+    checkpoint an earlier version left beside the history (``OUT.ckpt``) is moved there on resume."""
     out = Path(out)
-    ckpt = checkpoint_path(out)
     if out.suffix != ".json":
         raise RunError(f"--out must name a .json file; got {out}")
+    ckpt = checkpoint_path(out, checkpoint_dir)
+    if resume and not ckpt.exists() and _beside(out).exists():
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(_beside(out)), str(ckpt))
     state = None
     if resume and ckpt.exists():
         state = _load_checkpoint(ckpt)

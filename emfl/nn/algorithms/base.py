@@ -21,6 +21,12 @@ it is.  Messages (:mod:`emfl.nn.messages`) count their own bytes.
 An algorithm whose client runs SGD on a pure function of the parameters derives from
 :class:`LocalSGD`: it gives ``start``, ``local_prior``, ``local_loss`` and ``finish``, and the
 loop can then train a round's clients together (``torch.func.vmap``).
+
+Compute follows the structure: an algorithm whose clients train a model with some units off
+(FedSparse's pruned units, FedL1's thresholded ones, FedDrop's dropped ones) sets ``subnets``
+(:class:`emfl.nn.slicing.Subnets`), and its clients then train the smaller model that leaves those
+units out (:meth:`Algorithm.subnet`; run setting ``client_compute``: ``sliced``, or ``dense`` for
+the masked full model, the same updates up to float round-off).
 """
 
 from __future__ import annotations
@@ -125,6 +131,7 @@ class Algorithm:
         self.run = run
         # Appendix A: the server feeds the mean client difference to Adam ("difference gradient")
         self.server_opt = make_optimizer(run.config.server_opt, lr=run.config.server_lr)
+        self.subnets = None  # Subnets(model, layout): the smaller models of the unit masks clients train
 
     @classmethod
     def check(cls, config) -> None:
@@ -159,16 +166,24 @@ class Algorithm:
         raise NotImplementedError
 
     # ---- helpers
+    def subnet(self, keep: torch.Tensor | None):
+        """The :class:`~emfl.nn.slicing.Subnet` a client trains when the units with ``keep == 0``
+        are off; None: the full model (nothing to cut, no ``subnets``, or ``client_compute = dense``)."""
+        if keep is None or self.subnets is None or self.run.config.client_compute != "sliced":
+            return None
+        return self.subnets(keep)
+
     def difference_step(self, state: dict, total: torch.Tensor, n: int) -> tuple:
         """One server-optimiser step on the mean difference ``total / n``: ``(w, opt_state)``."""
         step, opt = self.server_opt.update(total / n, state["opt"])
         return state["w"] - step, opt
 
 
-def local_sgd(run, job, loss_fn, on_step=None) -> list:
+def local_sgd(run, job, loss_fn, on_step=None, model=None) -> list:
     """Plain SGD (lr ``client_lr``) on ``loss_fn(x, y)`` over ``local_epochs`` passes of client
-    ``job.s``'s minibatches; ``on_step(epoch)`` runs after every step.  Returns the losses."""
-    model, lr = run.model, run.config.client_lr
+    ``job.s``'s minibatches, stepping the parameters of ``model`` (default ``run.model``);
+    ``on_step(epoch)`` runs after every step.  Returns the losses."""
+    model, lr = model if model is not None else run.model, run.config.client_lr
     params = list(model.parameters())
     losses = []
     for epoch in range(run.config.local_epochs):
@@ -192,24 +207,34 @@ class LocalSGD(Algorithm):
 
     ``local_loss(p, x, y, prior)`` is the negative local objective on one batch: the data term on
     the parameters ``p`` (a dict name -> tensor) plus the penalty of the prior, whose tensors
-    ``local_prior(msg, job)`` gives.  Being pure, it can be trained for all of a round's clients at
-    once (:func:`batched_client_updates`)."""
+    ``local_prior(msg, job, sub)`` gives.  Being pure, it can be trained for all of a round's clients
+    at once (:func:`batched_client_updates`).
+
+    ``structure(msg)``: the unit mask of the model the client trains, when some units are off
+    (None: all on); the client then trains the smaller model (:meth:`Algorithm.subnet`), and
+    ``local_prior`` cuts its per-unit tensors to ``sub.units``."""
 
     pure_client = True
+    net = None  # the module the data term runs (run.model, or the smaller model this round's clients train)
 
     def start(self, msg: Message) -> torch.Tensor:
         """The client's starting weights: the server's ``w``."""
         return msg.values
 
-    def local_prior(self, msg: Message, job) -> dict:
-        """Tensors the prior's penalty reads (per client; a dict, possibly empty)."""
+    def structure(self, msg: Message) -> torch.Tensor | None:
+        """The unit mask of the model the client trains (None: every unit on)."""
+        return None
+
+    def local_prior(self, msg: Message, job, sub=None) -> dict:
+        """Tensors the prior's penalty reads (per client; a dict, possibly empty), shaped for the
+        smaller model ``sub`` when there is one."""
         return {}
 
     def data_loss(self, p: dict, x, y) -> torch.Tensor:
         """The mean cross-entropy of the batch under the parameters ``p``."""
         from torch.func import functional_call
 
-        return F.cross_entropy(functional_call(self.run.model, p, (x,)), y)
+        return F.cross_entropy(functional_call(self.net or self.run.model, p, (x,)), y)
 
     def local_loss(self, p: dict, x, y, prior: dict) -> torch.Tensor:
         return self.data_loss(p, x, y)
@@ -219,13 +244,22 @@ class LocalSGD(Algorithm):
         return ClientResult(Dense(w_s), float(np.mean(losses)))
 
     def client_update(self, msg: Message, job) -> ClientResult:
-        model = self.run.model
-        load_state_vector(model, self.start(msg))
-        model.train()
-        prior = self.local_prior(msg, job)
-        p = dict(model.named_parameters())
-        losses = local_sgd(self.run, job, lambda x, y: self.local_loss(p, x, y, prior))
-        return self.finish(msg, job, state_vector(model), losses)
+        sub = self.subnet(self.structure(msg))
+        net = self.run.model if sub is None else sub.model
+        w = self.start(msg)
+        load_state_vector(net, w if sub is None else sub.values(w))
+        net.train()
+        prior = self.local_prior(msg, job, sub)
+        p = dict(net.named_parameters())
+        self.net = net
+        try:
+            losses = local_sgd(self.run, job, lambda x, y: self.local_loss(p, x, y, prior), model=net)
+        finally:
+            self.net = None
+        w_s = state_vector(net) if sub is None else sub.merge(w)
+        if sub is not None:
+            load_state_vector(self.run.model, w_s)
+        return self.finish(msg, job, w_s, losses)
 
 
 def _stack(trees: list):
@@ -243,25 +277,37 @@ def batched_client_updates(algo: LocalSGD, run, msgs: list, jobs: list):
     result)`` per client, with ``run.model`` holding that client's local model."""
     from torch.func import grad_and_value, vmap
 
-    model, lr = run.model, run.config.client_lr
+    keeps = [algo.structure(m) for m in msgs]
+    if any(k is not None for k in keeps) and not all(k is not None and torch.equal(k, keeps[0]) for k in keeps):
+        raise ValueError("batched clients must train the same structure (one unit mask for the round)")
+    sub = algo.subnet(keeps[0])
+    model, lr = run.model if sub is None else sub.model, run.config.client_lr
     names = [n for n, _ in model.named_parameters()]
-    starts = [parameter_views(model, algo.start(m)) for m in msgs]
+    ws = [algo.start(m) for m in msgs]
+    starts = [parameter_views(model, w if sub is None else sub.values(w)) for w in ws]
     params = {n: torch.stack([s[n] for s in starts]).detach() for n in names}
-    prior = _stack([algo.local_prior(m, j) for m, j in zip(msgs, jobs)])
+    prior = _stack([algo.local_prior(m, j, sub) for m, j in zip(msgs, jobs)])
     model.train()
     step = vmap(grad_and_value(algo.local_loss))
     losses = []
-    for _ in range(run.config.local_epochs):
-        iters = [run.batches(j.s, j.gen) for j in jobs]
-        for batch in zip(*iters):
-            x = torch.stack([b[0] for b in batch])
-            y = torch.stack([b[1] for b in batch])
-            g, loss = step(params, x, y, prior)
-            params = {n: params[n] - lr * g[n] for n in names}
-            losses.append(loss.detach())
+    algo.net = model
+    try:
+        for _ in range(run.config.local_epochs):
+            iters = [run.batches(j.s, j.gen) for j in jobs]
+            for batch in zip(*iters):
+                x = torch.stack([b[0] for b in batch])
+                y = torch.stack([b[1] for b in batch])
+                g, loss = step(params, x, y, prior)
+                params = {n: params[n] - lr * g[n] for n in names}
+                losses.append(loss.detach())
+    finally:
+        algo.net = None
     per_client = torch.stack(losses).cpu().double()  # (steps, clients)
-    for c, (job, msg) in enumerate(zip(jobs, msgs)):
+    for c, (job, msg, w) in enumerate(zip(jobs, msgs, ws)):
         with torch.no_grad():
             for n, p in model.named_parameters():
                 p.copy_(params[n][c])
-        yield job, msg, algo.finish(msg, job, state_vector(model), per_client[:, c].tolist())
+        w_s = state_vector(model) if sub is None else sub.merge(w)
+        if sub is not None:
+            load_state_vector(run.model, w_s)
+        yield job, msg, algo.finish(msg, job, w_s, per_client[:, c].tolist())

@@ -27,6 +27,7 @@ from emfl.nn.algorithms.fedavg import FedAvg
 from emfl.nn.groups import GateHooks, GroupMap
 from emfl.nn.messages import SubModel
 from emfl.nn.models import load_state_vector, state_vector
+from emfl.nn.slicing import Subnets
 
 __all__ = ["FedDrop", "Params"]
 
@@ -57,6 +58,7 @@ class FedDrop(FedAvg):
         super().__init__(params, run)
         self.layout = GroupMap(run.model, prune_output=True)
         self.hooks = GateHooks(self.layout)
+        self.subnets = Subnets(run.model, self.layout)  # a client trains its sub-model's units only
 
     def units(self, job) -> torch.Tensor:
         """Which units client ``job.s`` keeps this round: a fixed share per layer, drawn at random."""
@@ -76,12 +78,24 @@ class FedDrop(FedAvg):
         return SubModel(down.values, self.units(job), self.layout)
 
     def client_update(self, msg: SubModel, job) -> ClientResult:
-        model = self.run.model
-        load_state_vector(model, msg.values)
-        model.train()
-        self.hooks.z = msg.units.to(self.run.device)  # this client's sub-model: the units kept
-        losses = local_sgd(self.run, job, lambda x, y: F.cross_entropy(model(x), y))
-        return ClientResult(SubModel(state_vector(model), msg.units, self.layout), float(np.mean(losses)))
+        model, units = self.run.model, msg.units.to(self.run.device)
+        sub = self.subnet(units)
+        if sub is None:  # the dense model, its dropped units' outputs multiplied by 0
+            load_state_vector(model, msg.values)
+            model.train()
+            self.hooks.z = units  # this client's sub-model: the units kept
+            losses = local_sgd(self.run, job, lambda x, y: F.cross_entropy(model(x), y))
+            w_s = state_vector(model)
+        else:  # the sub-model itself; an output layer keeps its rows, its dropped classes gated
+            sub.load(msg.values)
+            sub.model.train()
+            z = units[sub.units]
+            losses = local_sgd(self.run, job, lambda x, y: F.cross_entropy(sub.hooks.forward(sub.model, x, z), y),
+                               model=sub.model)
+            w_s = sub.merge(msg.values)
+            load_state_vector(model, w_s)
+            self.hooks.z = units  # run.model: the client's local model
+        return ClientResult(SubModel(w_s, msg.units, self.layout), float(np.mean(losses)))
 
     def m_step(self, state: dict, down, results: list) -> tuple:
         self.hooks.z = None  # the shared model is whole again

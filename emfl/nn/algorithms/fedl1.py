@@ -27,6 +27,7 @@ from emfl.nn.algorithms.fedavg import FedAvg
 from emfl.nn.groups import GroupMap
 from emfl.nn.messages import Bundle, GroupSparse, PerGroup
 from emfl.nn.models import load_state_vector
+from emfl.nn.slicing import Subnets
 
 __all__ = ["FedL1", "Params"]
 
@@ -49,6 +50,7 @@ class FedL1(FedAvg):
     def __init__(self, params, run):
         super().__init__(params, run)
         self.layout = GroupMap(run.model)
+        self.subnets = Subnets(run.model, self.layout)  # a client trains only the units switched on
 
     def threshold(self, w: torch.Tensor, unsent_sq=None) -> tuple:
         """Eq. 25: ``(w with every unit of ||w_g|| <= lam switched off, the mask of the kept units)``;
@@ -67,9 +69,15 @@ class FedL1(FedAvg):
     def start(self, msg: Bundle) -> torch.Tensor:
         return msg["w"].values
 
-    def local_prior(self, msg: Bundle, job) -> dict:
+    def structure(self, msg: Bundle) -> torch.Tensor:
+        return msg["w"].mask  # the units switched off stay off: their own values and inputs are 0
+
+    def local_prior(self, msg: Bundle, job, sub=None) -> dict:
         u = msg["unsent"].values.sqrt()
-        return {"unsent": {l.name: u[a:b] for l, (a, b) in zip(self.layout.layers, self.layout.layer_slices)}}
+        layout = self.layout if sub is None else sub.layout
+        if sub is not None:
+            u = u[sub.units]
+        return {"unsent": {l.name: u[a:b] for l, (a, b) in zip(layout.layers, layout.layer_slices)}}
 
     def local_loss(self, p: dict, x, y, prior: dict):
         loss = self.data_loss(p, x, y)

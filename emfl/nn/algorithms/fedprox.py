@@ -32,7 +32,7 @@ class FedProx(FedAvg):
     title = "FedProx"
     Params = Params
 
-    def local_prior(self, msg, job) -> dict:
+    def local_prior(self, msg, job, sub=None) -> dict:
         return {"w": parameter_views(self.run.model, msg.values)}  # the prior's mean: the server's w
 
     def local_loss(self, p: dict, x, y, prior: dict):

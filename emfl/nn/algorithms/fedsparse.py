@@ -39,6 +39,7 @@ from emfl.nn.algorithms.base import Algorithm, ClientResult, check_choice, check
 from emfl.nn.groups import GateHooks, GroupMap, group_norms
 from emfl.nn.messages import Bundle, GroupSparse, PerGroup
 from emfl.nn.models import load_state_vector, state_vector
+from emfl.nn.slicing import Subnets
 from emfl.optim import adamax
 
 __all__ = ["FedSparse", "Params", "regulariser", "regulariser_slope", "T", "THETA0", "PRUNE", "CLIENT_V_LR", "SERVER_V_LR", "CE_SCALE"]
@@ -89,6 +90,7 @@ class FedSparse(Algorithm):
         super().__init__(params, run)
         self.layout = GroupMap(run.model)
         self.hooks = GateHooks(self.layout)
+        self.subnets = Subnets(run.model, self.layout)  # clients train only the surviving units
         self.v_opt = adamax(SERVER_V_LR)
 
     def init(self, w: torch.Tensor) -> dict:
@@ -121,13 +123,17 @@ class FedSparse(Algorithm):
         run, model, layout, lam0 = self.run, self.run.model, self.layout, self.params.lam0
         w, v, unsent = msg["w"].values, msg["v"].values, msg["unsent"].values  # get w, v from the server
         theta = self.theta(w, v, unsent)  # theta <- sigmoid((|w| - tau) / T)
-        load_state_vector(model, w)  # w_s, v_s <- w, v
+        # the network the client computes: the units the server pruned left out (their values are
+        # 0 and stay 0, emfl.nn.slicing); thresholds, gates and the prior stay per unit of the model
+        sub = self.subnet(msg["w"].mask)
+        net, hooks, layers = (model, self.hooks, layout.layers) if sub is None else (sub.model, sub.hooks, sub.layout.layers)
+        load_state_vector(net, w if sub is None else sub.values(w))  # w_s, v_s <- w, v
         self.hooks.z = None
-        model.train()
+        net.train()
         v_s = v.clone().requires_grad_(True)
         opt_v = adamax(CLIENT_V_LR)
         v_state = opt_v.init(v)
-        params = list(model.parameters())
+        params = list(net.parameters())
         n_s = len(run.data.train_y[job.s]) if self.params.sparse_reg == "example" else 1
         slope = regulariser_slope(theta, layout.sizes.to(run.device).float(), lam0, n_s)
         losses = []
@@ -135,13 +141,16 @@ class FedSparse(Algorithm):
             for x, y in run.batches(job.s, job.gen):  # for batch b in B
                 # tau_s <- softplus(v_s); pi_s <- sigmoid((|w_s| - tau_s) / T)
                 with torch.no_grad():  # the norms are detached inside the sigmoid (Appendix H)
-                    norms = torch.cat([group_norms(l) for l in layout.layers])
+                    norms = torch.cat([group_norms(l) for l in layers])
+                    if sub is not None:  # a pruned unit's weights are 0
+                        norms = torch.zeros_like(v).index_copy_(0, sub.units, norms)
                 pi = gates.gate_prob((norms ** 2 + unsent).sqrt(), v_s, T)
                 z = gates.hard_concrete_sample(gates.log_alpha_for(pi), generator=job.gen)
                 # the model with its units' outputs scaled by z
-                loss = F.cross_entropy(self.hooks.forward(model, x, z), y)  # L_s <- Eq. 41 on the batch
+                out = hooks.forward(net, x, z if sub is None else z[sub.units])
+                loss = F.cross_entropy(out, y)  # L_s <- Eq. 41 on the batch
                 reg = (slope * pi).sum()  # regulariser(pi, theta, sizes, lam0, n_s) up to a constant
-                model.zero_grad(set_to_none=True)
+                net.zero_grad(set_to_none=True)
                 v_s.grad = None
                 (loss + reg).backward()
                 with torch.no_grad():
@@ -152,7 +161,9 @@ class FedSparse(Algorithm):
                     v_s -= step  # v_s <- Adamax
                 losses.append(loss.item())
         with torch.no_grad():
-            w_s = state_vector(model)
+            w_s = state_vector(model) if sub is None else sub.merge(w)
+            if sub is not None:
+                load_state_vector(model, w_s)
             pi = gates.gate_prob(layout.norms(w_s, unsent), v_s, T)  # pi_s <- sigmoid((|w_s| - tau_s) / T)
             up = self.upload(w_s, pi, job.gen)
             self.hooks.z = up.mask  # the local model: the groups it switched on

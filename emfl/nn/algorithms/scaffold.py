@@ -50,7 +50,7 @@ class Scaffold(LocalSGD):
         """The client's ``c_i``: what it kept from its last round, zero the first time."""
         return job.memory if job.memory is not None else torch.zeros_like(msg["c"].values)
 
-    def local_prior(self, msg: Bundle, job) -> dict:
+    def local_prior(self, msg: Bundle, job, sub=None) -> dict:
         return {"correction": parameter_views(self.run.model, msg["c"].values - self.client_variate(msg, job))}
 
     def local_loss(self, p: dict, x, y, prior: dict):
