@@ -12,6 +12,8 @@ would put on the wire.
   ``4 |alive| + ceil(G / 8)``;
 * :class:`SubModel`: a structurally smaller model (kept units, without the inputs of the dropped
   units of the layer before): 4 bytes per parameter of the sub-model, the same structural count;
+* :class:`Masked`: unstructured-sparse values (FedSpa's personal masks), with the mask when it
+  is new to the receiver: ``4 |mask| + ceil(bits / 8)``;
 * :class:`PerGroup` (alias ``Thresholds``): one value per group present: ``4 sum_g m_g``;
 * :class:`Count`: a whole number (a client's example count): 4 bytes;
 * :class:`Bundle`: named parts sent together (a model and a control variate): the sum of the parts.
@@ -27,7 +29,8 @@ import torch
 
 from emfl.nn.groups import GroupMap
 
-__all__ = ["FLOAT_BYTES", "Message", "Dense", "GroupSparse", "SubModel", "PerGroup", "Thresholds", "Count", "Bundle", "mask_bytes"]
+__all__ = ["FLOAT_BYTES", "Message", "Dense", "GroupSparse", "SubModel", "Masked", "PerGroup", "Thresholds", "Count",
+           "Bundle", "mask_bytes", "pack_bits", "unpack_bits"]
 
 FLOAT_BYTES = 4  # a float32 value
 
@@ -35,6 +38,21 @@ FLOAT_BYTES = 4  # a float32 value
 def mask_bytes(groups: int) -> int:
     """One bit per group, rounded up to whole bytes."""
     return math.ceil(groups / 8)
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """A boolean vector as bytes, 8 entries a byte (the first entry in the highest bit)."""
+    n = mask.numel()
+    padded = torch.zeros(-(-n // 8) * 8, dtype=torch.uint8)
+    padded[:n] = mask.detach().cpu().to(torch.uint8)
+    weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
+    return (padded.view(-1, 8) * weights).sum(1, dtype=torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, n: int) -> torch.Tensor:
+    """The boolean vector of length ``n`` that :func:`pack_bits` packed."""
+    shifts = torch.tensor([7, 6, 5, 4, 3, 2, 1, 0], dtype=torch.uint8)
+    return ((packed.view(-1, 1) >> shifts) & 1).view(-1)[:n].bool()
 
 
 class Message:
@@ -125,6 +143,25 @@ class SubModel(Message):
     @cached_property
     def nbytes(self) -> int:
         return FLOAT_BYTES * self.layout.submodel_values(self.units)
+
+
+@dataclass(frozen=True, eq=False)
+class Masked(Message):
+    """Unstructured-sparse values: those of ``values`` where ``mask`` (boolean, the layout of
+    ``values``) is true; ``values`` is what the receiver reconstructs, zero elsewhere.  With
+    ``mask_bits > 0`` the mask travels too, one bit per maskable position (a receiver that already
+    knows it is sent none): ``4 |mask| + ceil(mask_bits / 8)``."""
+
+    values: torch.Tensor
+    mask: torch.Tensor
+    mask_bits: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "values", self.values * self.mask)
+
+    @property
+    def nbytes(self) -> int:
+        return FLOAT_BYTES * int(self.mask.sum()) + mask_bytes(self.mask_bits)
 
 
 @dataclass(frozen=True, eq=False)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from emfl.nn.algorithms import feddrop, fedavg, fedl1, fedpa, fedprox, fedsparse, scaffold
+from emfl.nn.algorithms import feddrop, fedavg, fedl1, fedpa, fedprox, fedspa, fedsparse, scaffold
 from emfl.nn.algorithms.base import Algorithm
 
 __all__ = ["ALGORITHMS", "PRESETS", "register", "unregister", "get", "Algorithm"]
@@ -58,3 +58,4 @@ register(fedsparse.FedSparse)
 register(fedl1.FedL1)
 register(feddrop.FedDrop)
 register(scaffold.Scaffold)
+register(fedspa.FedSpa)

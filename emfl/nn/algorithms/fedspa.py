@@ -1,0 +1,205 @@
+"""FedSpa: personalised sparse local models (Huang et al. 2022).
+
+In the EM reading each client ``s`` has its own spike-and-slab posterior with a *hard, personal*
+gate: a binary mask ``m_s`` over the weights of its conv and linear layers, of a fixed density
+``D``.  Its model is ``w_s * m_s``: a weight off in ``m_s`` is exactly 0 (the spike), the others are
+trained (the slab).  FedSparse shares one set of gate probabilities ``theta`` through the server;
+FedSpa keeps the gates with the client and lets the server average only what each client holds.
+
+* Server's message to client ``s``: the values of ``w`` its mask holds (the server knows the mask:
+  the client sent it the last time it changed; the first one is drawn from a seed both know).
+* Client (E-step): SGD on the mean batch loss of the masked model (gradients off the mask dropped:
+  sparse to sparse).  Then the mask moves: in every layer the fraction
+  ``alpha_t = alpha / 2 (1 + cos(pi t / T))`` of its active weights with the smallest magnitude is
+  switched off and as many inactive ones with the largest dense gradient are switched on.
+* Client's message: the trained values at the mask it trained with, and the new mask (a bit per
+  maskable weight) when it changed.
+* Server (M-step): each weight's mean difference over the clients whose mask held it, one step of
+  the server optimiser (plain SGD with lr 1: each weight the average of the clients that hold it);
+  a weight no sampled client held keeps its value.
+
+From FedSpa's abstract: personal masks of fixed density, sparse-to-sparse local training, masked
+messages both ways, personalised evaluation (local accuracy: each client's model on its own test
+set).  From the same group's DisPFL code, not verified for FedSpa (``../shared/NOTES.md`` section
+7): ERK layer densities at the start, the cosine-annealed prune fraction with ``alpha = 0.5``,
+regrowth by the largest dense gradient.  Assumed here: the dense gradient is that of the last
+local step; a weight pruned this round is not regrown in it (so every layer keeps its count
+exactly); biases and every value outside conv and linear weights are held by every mask; the
+server averages the values the clients trained, not the regrown zeros.
+
+Each client's mask stays with the client between rounds, packed 8 weights a byte, and is part of
+the run's checkpoint (``d / 8`` bytes for each client that has taken part); a client never sampled
+has its initial mask, drawn again from its seed when needed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from emfl.nn.algorithms.base import Algorithm, ClientResult, check_whole, setting
+from emfl.nn.messages import Dense, Masked, pack_bits, unpack_bits
+from emfl.nn.models import load_state_vector, state_tensors, state_vector
+
+__all__ = ["FedSpa", "Params", "erk_densities", "prune_fraction"]
+
+
+@dataclass(frozen=True)
+class Params:
+    density: float = setting(0.5, "share D of each client's conv and linear weights its mask holds (ERK per layer)")
+    prune_alpha: float = setting(0.5, "fraction alpha of active weights pruned and regrown at round 0, "
+                                      "annealed to 0 by a cosine")
+    anneal_rounds: int = setting(0, "rounds T over which the prune fraction anneals (0: the run's --rounds)")
+
+    def __post_init__(self):
+        d = self.density
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not (0 < d <= 1):
+            raise ValueError(f"density must be in (0, 1] (the share of weights a client keeps); got {d!r}")
+        a = self.prune_alpha
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not (0 <= a <= 1):
+            raise ValueError(f"prune_alpha must be in [0, 1]; got {a!r}")
+        check_whole("anneal_rounds", self.anneal_rounds)
+
+
+def erk_densities(shapes: list, density: float) -> list:
+    """Erdos-Renyi-Kernel densities: layer ``l`` of shape ``(n_out, n_in, k_h, k_w)`` (or
+    ``(n_out, n_in)``) gets ``eps (sum of its dims) / (product of its dims)``, with ``eps`` chosen
+    so that the layers hold ``density`` of all their weights; a layer that would exceed 1 is
+    dense and ``eps`` is solved again for the rest."""
+    sizes = [math.prod(s) for s in shapes]
+    raw = [sum(s) / n for s, n in zip(shapes, sizes)]
+    dense: set = set()
+    while True:
+        budget = density * sum(sizes) - sum(sizes[i] for i in dense)
+        rest = [i for i in range(len(shapes)) if i not in dense]
+        eps = budget / sum(raw[i] * sizes[i] for i in rest) if rest else 0.0
+        over = {i for i in rest if eps * raw[i] > 1}
+        if not over:
+            return [1.0 if i in dense else eps * raw[i] for i in range(len(shapes))]
+        dense |= over
+
+
+def prune_fraction(alpha: float, t: int, T: int) -> float:
+    """``alpha_t = alpha / 2 (1 + cos(pi t / T))``: ``alpha`` at round 0, 0 from round ``T`` on."""
+    return 0.0 if t >= T else alpha / 2 * (1 + math.cos(math.pi * t / T))
+
+
+class FedSpa(Algorithm):
+    name = "fedspa"
+    title = "FedSpa"
+    Params = Params
+
+    def __init__(self, params, run):
+        super().__init__(params, run)
+        model = run.model
+        weights = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+        self.layers, offset = [], 0  # (offset in the state vector, size, shape) of each maskable weight
+        for t in state_tensors(model):
+            if id(t) in weights:
+                self.layers.append((offset, t.numel(), tuple(t.shape)))
+            offset += t.numel()
+        self.counts = [round(f * n) for f, (_, n, _) in
+                       zip(erk_densities([s for *_, s in self.layers], params.density), self.layers)]
+        self.maskable = sum(n for _, n, _ in self.layers)
+
+    # ------------------------------------------------------------------ the masks
+    def initial_mask(self, s: int) -> torch.Tensor:
+        """Client ``s``'s first mask over the maskable weights (boolean): ``counts[l]`` weights of
+        layer ``l`` at random, from a stream seeded by the run's seed and the client alone."""
+        from emfl.nn.engine import ClientJob
+
+        gen = ClientJob(self.run.config.seed, -1, s).generator("fedspa-mask")
+        parts = []
+        for (_, n, _), k in zip(self.layers, self.counts):
+            m = torch.zeros(n, dtype=torch.bool)
+            m[torch.randperm(n, generator=gen)[:k]] = True
+            parts.append(m)
+        return torch.cat(parts)
+
+    def mask_of(self, job) -> torch.Tensor:
+        """The client's current mask over the maskable weights: what it kept, or its first one."""
+        if job.memory is None:
+            return self.initial_mask(job.s)
+        return unpack_bits(job.memory, self.maskable)
+
+    def spread(self, mask: torch.Tensor) -> torch.Tensor:
+        """A mask over the maskable weights as a boolean over the state vector (everything else held)."""
+        full = torch.ones(self.run.d, dtype=torch.bool)
+        i = 0
+        for offset, n, _ in self.layers:
+            full[offset:offset + n] = mask[i:i + n]
+            i += n
+        return full.to(self.run.device)
+
+    def moved(self, mask: torch.Tensor, w_s: torch.Tensor, grad: torch.Tensor, alpha_t: float) -> torch.Tensor:
+        """The mask after pruning and regrowing: per layer, the ``floor(alpha_t |active|)`` active
+        weights of smallest ``|w_s|`` off and as many inactive ones of largest ``|grad|`` on
+        (never more than there are inactive; a weight pruned now is not regrown now)."""
+        new, i = mask.clone(), 0
+        for offset, n, _ in self.layers:
+            m = mask[i:i + n]
+            k = min(int(alpha_t * int(m.sum())), int((~m).sum()))
+            if k > 0:
+                w = w_s[offset:offset + n].detach().abs().cpu()
+                g = grad[offset:offset + n].detach().abs().cpu()
+                off = torch.topk(torch.where(m, w, torch.full_like(w, math.inf)), k, largest=False).indices
+                on = torch.topk(torch.where(m, torch.full_like(g, -1.0), g), k).indices
+                new[i + off] = False
+                new[i + on] = True
+            i += n
+        return new
+
+    # ------------------------------------------------------------------ the protocol
+    def message_to(self, down: Dense, job) -> Masked:
+        return Masked(down.values, self.spread(self.mask_of(job)))  # the server knows the mask
+
+    def client_update(self, msg: Masked, job) -> ClientResult:
+        run, model, lr = self.run, self.run.model, self.run.config.client_lr
+        mask = self.mask_of(job)
+        held = msg.mask
+        load_state_vector(model, msg.values)  # w_s <- w * m_s
+        model.train()
+        params = list(model.parameters())
+        keep, i = [], 0  # the mask in the shapes of the parameters (they lead the state vector)
+        for p in params:
+            keep.append(held[i:i + p.numel()].view_as(p).to(p.dtype))
+            i += p.numel()
+        losses, grads = [], None
+        for _ in range(run.config.local_epochs):
+            for x, y in run.batches(job.s, job.gen):
+                loss = F.cross_entropy(model(x), y)
+                model.zero_grad(set_to_none=True)
+                loss.backward()
+                grads = [p.grad for p in params]
+                with torch.no_grad():
+                    for p, g, k in zip(params, grads, keep):
+                        p.add_(g * k, alpha=-lr)  # only the weights the mask holds move
+                losses.append(loss.item())
+        w_s = state_vector(model)
+        dense_grad = torch.cat([g.reshape(-1) for g in grads]) if grads else torch.zeros_like(w_s)
+        T = self.params.anneal_rounds or run.config.rounds
+        new = self.moved(mask, w_s, dense_grad, prune_fraction(self.params.prune_alpha, job.rnd, T))
+        changed = not torch.equal(new, mask)
+        up = Masked(w_s, held, mask_bits=self.maskable if changed else 0)  # trained values, the new mask
+        return ClientResult(up, float(np.mean(losses)), memory=pack_bits(new))
+
+    def m_step(self, state: dict, down, results: list) -> tuple:
+        w = state["w"]
+        total, count = torch.zeros_like(w), torch.zeros_like(w)
+        for r in results:
+            held = r.up.mask.to(w.dtype)
+            total += held * (w - r.up.values)
+            count += held
+        mean = total / count.clamp(min=1)  # per weight, over the clients that hold it
+        step, opt = self.server_opt.update(mean, state["opt"])
+        density = float(np.mean([float(self.mask_density(r.up.mask)) for r in results]))
+        return {**state, "w": w - step, "opt": opt}, {"density": density}
+
+    def mask_density(self, held: torch.Tensor) -> float:
+        """The share of the maskable weights a state-vector mask holds."""
+        return sum(int(held[o:o + n].sum()) for o, n, _ in self.layers) / self.maskable

@@ -1,0 +1,146 @@
+"""FedSpa (emfl.nn.algorithms.fedspa): ERK densities by hand, exact density through every prune
+and regrow, masked messages counted by hand, FedAvg recovered by an all-ones mask, and masks
+that stay with the clients (and in the checkpoint)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from emfl.nn.algorithms.fedspa import erk_densities, prune_fraction
+from emfl.nn.messages import pack_bits, unpack_bits
+from emfl.nn.config import RunConfig
+from emfl.nn.engine import ClientJob, Engine
+from emfl.nn.runner import checkpoint_path, run
+
+from nn_helpers import tiny_federation
+
+
+def test_erk_densities_by_hand():
+    # (4, 2): (4 + 2) / 8 = 0.75;  (8, 8): 16 / 64 = 0.25;  half of 72 weights = 36
+    # eps = 36 / (0.75 * 8 + 0.25 * 64) = 36 / 22 puts the first layer at 1.23 > 1: it is dense,
+    # then eps = (36 - 8) / (0.25 * 64) = 1.75 and the second layer gets 0.4375 (28 of 64)
+    assert erk_densities([(4, 2), (8, 8)], 0.5) == pytest.approx([1.0, 0.4375])
+    assert erk_densities([(4, 2), (8, 8)], 1.0) == pytest.approx([1.0, 1.0])
+    # no layer over 1: the densities are in the ratio of the raw scores
+    d = erk_densities([(10, 10), (20, 20)], 0.1)
+    assert d[0] / d[1] == pytest.approx((20 / 100) / (40 / 400))
+    assert (d[0] * 100 + d[1] * 400) == pytest.approx(50)
+
+
+def test_prune_fraction_anneals_by_a_cosine():
+    assert prune_fraction(0.5, 0, 100) == 0.5
+    assert prune_fraction(0.5, 50, 100) == pytest.approx(0.25)
+    assert prune_fraction(0.5, 100, 100) == 0.0 and prune_fraction(0.5, 150, 100) == 0.0
+
+
+def test_bits_pack_eight_to_a_byte():
+    mask = torch.tensor([1, 0, 0, 0, 0, 0, 0, 1, 1, 1], dtype=torch.bool)
+    packed = pack_bits(mask)
+    assert packed.tolist() == [0b10000001, 0b11000000]
+    assert torch.equal(unpack_bits(packed, 10), mask)
+
+
+def _engine(data, **cfg):
+    return Engine(RunConfig(algo="fedspa", model="lenet5-classic", rounds=4, clients_per_round=3, batch_size=8,
+                            **cfg), data)
+
+
+def test_density_is_exact_after_every_prune_and_regrow():
+    data = tiny_federation(clients=5, n=16, m=4)
+    e = _engine(data, density=0.3, prune_alpha=0.5)
+    algo = e.algorithm
+    first = {s: algo.initial_mask(s) for s in range(5)}
+    for _ in range(4):
+        e.run_round()
+        for s, packed in e.memory.items():
+            mask, i = unpack_bits(packed, algo.maskable), 0
+            for (_, n, _), k in zip(algo.layers, algo.counts):
+                assert int(mask[i:i + n].sum()) == k  # each layer keeps its count
+                i += n
+    moved = [s for s in e.memory if not torch.equal(unpack_bits(e.memory[s], algo.maskable), first[s])]
+    assert moved  # the masks did move
+    assert sum(algo.counts) / algo.maskable == pytest.approx(0.3, abs=1e-3)
+
+
+def test_messages_carry_only_the_masked_values():
+    data = tiny_federation(clients=4, n=16, m=4)
+    e = _engine(data, density=0.5)
+    algo = e.algorithm
+    state, down = algo.server_message(e.server)
+    job = ClientJob(0, 0, 2)
+    msg = algo.message_to(down, job)
+    held = int(msg.mask.sum())
+    biases = algo.run.d - algo.maskable  # every value outside the conv and linear weights is held
+    assert held == sum(algo.counts) + biases
+    assert msg.nbytes == 4 * held  # the server knows the mask: values only
+    assert torch.all(msg.values[~msg.mask] == 0)
+    result = algo.client_update(msg, job)
+    assert result.up.nbytes == 4 * held + math.ceil(algo.maskable / 8)  # the new mask travels up
+    from emfl.nn.models import state_vector
+
+    local = state_vector(algo.run.model)  # the client's model after training
+    assert torch.all(local[~msg.mask] == 0) and torch.count_nonzero(local[msg.mask]) > 0.9 * held  # sparse to sparse
+
+
+def test_an_all_ones_mask_is_fedavg():
+    data = tiny_federation(clients=5, n=16, m=4)
+    cfg = dict(model="lenet5-classic", rounds=3, clients_per_round=3, batch_size=8, eval_every=1)
+    fedavg = Engine(RunConfig(algo="fedavg", **cfg), data)
+    fedspa = Engine(RunConfig(algo="fedspa", density=1.0, **cfg), data)
+    for _ in range(3):
+        a, b = fedavg.run_round(), fedspa.run_round()
+        ra, rb = fedavg.evaluate(a), fedspa.evaluate(b)
+        assert rb.pop("density") == 1.0
+        assert {k: v for k, v in ra.items() if k != "seconds"} == {k: v for k, v in rb.items() if k != "seconds"}
+    assert torch.equal(fedavg.w, fedspa.w)
+
+
+def test_a_client_never_sampled_keeps_its_first_mask_and_masks_resume_from_the_checkpoint(tmp_path):
+    data = tiny_federation(clients=6, n=16, m=4)
+    cfg = dict(algo="fedspa", model="lenet5-classic", clients_per_round=2, batch_size=8, density=0.4)
+    e = Engine(RunConfig(rounds=2, **cfg), data)
+    for _ in range(2):
+        e.run_round()
+    never = [s for s in range(6) if s not in e.memory]
+    assert never
+    again = Engine(RunConfig(rounds=2, **cfg), data).algorithm
+    for s in never:  # drawn from the client's own seed: the same whenever it is needed
+        assert torch.equal(e.algorithm.mask_of(ClientJob(0, 7, s)), again.initial_mask(s))
+    # the masks are part of the checkpoint, packed: a resumed run equals the straight one
+    straight = run(RunConfig(rounds=3, eval_every=1, **cfg), tmp_path / "a.json", data=data, progress=False)
+    run(RunConfig(rounds=1, eval_every=1, **cfg), tmp_path / "b.json", data=data, progress=False)
+    resumed = run(RunConfig(rounds=3, eval_every=1, **cfg), tmp_path / "b.json", data=data, resume=True,
+                  progress=False)
+    strip = lambda recs: [{k: v for k, v in r.items() if k != "seconds"} for r in recs]  # noqa: E731
+    assert strip(straight["records"]) == strip(resumed["records"])
+    memory = torch.load(checkpoint_path(tmp_path / "b.json"), weights_only=True)["memory"]
+    assert all(m.dtype == torch.uint8 and m.numel() == math.ceil(e.algorithm.maskable / 8) for m in memory.values())
+
+
+def test_fedspa_bad_input():
+    with pytest.raises(ValueError, match="density must be in"):
+        RunConfig(algo="fedspa", density=0.0)
+    with pytest.raises(ValueError, match="density must be in"):
+        RunConfig(algo="fedspa", density=1.5)
+    with pytest.raises(ValueError, match="prune_alpha must be in"):
+        RunConfig(algo="fedspa", prune_alpha=-0.1)
+    assert np.isclose(RunConfig(algo="fedspa").density, 0.5)
+
+
+def test_the_server_averages_each_weight_over_the_clients_that_hold_it():
+    from emfl.nn.algorithms.base import ClientResult
+    from emfl.nn.messages import Masked
+
+    data = tiny_federation(clients=4, n=16, m=4)
+    e = Engine(RunConfig(algo="fedspa", model="lenet5-classic", server_opt="sgd", server_lr=1.0), data)
+    algo, d = e.algorithm, e.d
+    w = torch.zeros(d)
+    a = torch.zeros(d, dtype=torch.bool)
+    a[:3] = True  # client A holds values 0, 1, 2
+    b = torch.zeros(d, dtype=torch.bool)
+    b[1:4] = True  # client B holds 1, 2, 3
+    ups = [ClientResult(Masked(torch.full((d,), 2.0), a), 0.0), ClientResult(Masked(torch.full((d,), 4.0), b), 0.0)]
+    state, _ = algo.m_step({**e.server, "w": w}, None, ups)
+    assert state["w"][:5].tolist() == [2.0, 3.0, 3.0, 4.0, 0.0]  # held by A; both; both; B; nobody
