@@ -45,6 +45,7 @@ from torch.nn import functional as F
 from emfl.nn.algorithms.base import Algorithm, ClientResult, check_whole, setting
 from emfl.nn.messages import Dense, Masked, pack_bits, unpack_bits
 from emfl.nn.models import load_state_vector, state_tensors, state_vector
+from emfl.personal_masks import prune_fraction  # the same schedule as on the toy world
 
 __all__ = ["FedSpa", "Params", "erk_densities", "prune_fraction"]
 
@@ -82,11 +83,6 @@ def erk_densities(shapes: list, density: float) -> list:
         if not over:
             return [1.0 if i in dense else eps * raw[i] for i in range(len(shapes))]
         dense |= over
-
-
-def prune_fraction(alpha: float, t: int, T: int) -> float:
-    """``alpha_t = alpha / 2 (1 + cos(pi t / T))``: ``alpha`` at round 0, 0 from round ``T`` on."""
-    return 0.0 if t >= T else alpha / 2 * (1 + math.cos(math.pi * t / T))
 
 
 class FedSpa(Algorithm):
