@@ -145,9 +145,9 @@ def test_fedsparse_rounds_on_the_smaller_model_equal_the_masked_dense_rounds(mod
     off = torch.cat([torch.arange(a, a + (b - a) // 2 + 3) for a, b in layout.layer_slices])
     _prune(dense, off), _prune(sliced, off)
     _assert_same_rounds(dense, sliced)
-    sub = sliced.algorithm.subnets._last[1]
+    sub = sliced.algorithm.subnets.current
     assert sub is not None and sub.d < 0.6 * layout.d  # the clients did train the smaller model
-    assert dense.algorithm.subnets._last[1] is None  # and dense never built one
+    assert dense.algorithm.subnets.current is None  # and dense never built one
 
 
 def test_feddrop_clients_on_their_sub_models_equal_the_masked_dense_clients():
@@ -155,7 +155,7 @@ def test_feddrop_clients_on_their_sub_models_equal_the_masked_dense_clients():
     dense, sliced = _engines(data, algo="feddrop", rounds=2, clients_per_round=2, batch_size=8, drop_conv=0.3,
                              drop_fc=0.5)
     _assert_same_rounds(dense, sliced)
-    sub = sliced.algorithm.subnets._last[1]
+    sub = sliced.algorithm.subnets.current
     assert sub.model.fc2.weight.shape[0] == 62  # the output layer keeps its rows: a dropped class is gated
     assert sub.model.conv2.weight.shape[:2] == (48, 32)  # 45 of 64 kept, held as 48
 
@@ -168,7 +168,7 @@ def test_fedl1_clients_on_the_switched_on_units_equal_the_masked_dense_clients(b
     dense, sliced = _engines(data, algo="fedl1", lam=lam, rounds=2, clients_per_round=3, batch_size=8,
                              client_batching=batching)
     _assert_same_rounds(dense, sliced)
-    sub = sliced.algorithm.subnets._last[1]
+    sub = sliced.algorithm.subnets.current
     assert sub is not None and sub.d < 0.8 * dense.d
 
 

@@ -179,3 +179,8 @@ class Subnets:
             sub = Subnet(self.model, self.layout, keep)
             self._last = (keep, sub)
         return sub
+
+    @property
+    def current(self):
+        """The :class:`Subnet` built for the last mask that cut something (None before any)."""
+        return self._last[1]

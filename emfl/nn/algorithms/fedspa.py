@@ -132,6 +132,10 @@ class FedSpa(Algorithm):
             i += n
         return full.to(self.run.device)
 
+    def gather(self, held: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`spread`: a state-vector mask read back over the maskable weights."""
+        return torch.cat([held[o:o + n] for o, n, _ in self.layers]).cpu()
+
     def moved(self, mask: torch.Tensor, w_s: torch.Tensor, grad: torch.Tensor, alpha_t: float) -> torch.Tensor:
         """The mask after pruning and regrowing: per layer, the ``floor(alpha_t |active|)`` active
         weights of smallest ``|w_s|`` off and as many inactive ones of largest ``|grad|`` on
@@ -156,8 +160,8 @@ class FedSpa(Algorithm):
 
     def client_update(self, msg: Masked, job) -> ClientResult:
         run, model, lr = self.run, self.run.model, self.run.config.client_lr
-        mask = self.mask_of(job)
         held = msg.mask
+        mask = self.gather(held)  # the client's mask, as the server spread it
         load_state_vector(model, msg.values)  # w_s <- w * m_s
         model.train()
         params = list(model.parameters())
