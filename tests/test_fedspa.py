@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from emfl.nn.algorithms.fedspa import erk_densities, prune_fraction
+from emfl.nn.algorithms.fedspa import erk_densities, mac_share, prune_fraction
 from emfl.nn.messages import pack_bits, unpack_bits
 from emfl.nn.config import RunConfig
 from emfl.nn.engine import ClientJob, Engine
@@ -144,3 +144,29 @@ def test_the_server_averages_each_weight_over_the_clients_that_hold_it():
     ups = [ClientResult(Masked(torch.full((d,), 2.0), a), 0.0), ClientResult(Masked(torch.full((d,), 4.0), b), 0.0)]
     state, _ = algo.m_step({**e.server, "w": w}, None, ups)
     assert state["w"][:5].tolist() == [2.0, 3.0, 3.0, 4.0, 0.0]  # held by A; both; both; B; nobody
+
+
+def test_layer_macs_of_the_papers_lenet_by_hand():
+    from emfl.nn.models import make_model, layer_macs
+
+    # CIFAR-10: conv1 3->32 5x5 on a 28x28 output, conv2 32->64 5x5 on 10x10, fc 1600->512, 512->10
+    macs = layer_macs(make_model("lenet5", (3, 32, 32), 10), (3, 32, 32))
+    assert macs == [32 * 3 * 25 * 28 * 28, 64 * 32 * 25 * 10 * 10, 1600 * 512, 512 * 10]
+    assert sum(macs) == 7_825_920
+
+
+def test_the_mac_share_weighs_each_layers_density_by_its_positions():
+    fed = tiny_federation()
+    e = Engine(RunConfig(algo="fedspa", rounds=1, clients_per_round=2, batch_size=8, density=0.3), fed)
+    alg = e.algorithm
+    shape = fed.input_shape
+    # positions by hand for the tiny LeNet-5 (5x5 convs without padding, a 2x2 pool after each)
+    h1 = shape[1] - 4
+    h2 = h1 // 2 - 4
+    positions = [h1 * h1, h2 * h2, 1, 1]
+    sizes = [n for _, n, _ in alg.layers]
+    want = sum(k * p for k, p in zip(alg.counts, positions)) / sum(n * p for n, p in zip(sizes, positions))
+    share = mac_share(e.model, shape, 0.3)
+    assert share == pytest.approx(want, rel=1e-12)
+    assert 0.3 < share < 1  # the dense first conv layer weighs more than its share of weights
+    assert mac_share(e.model, shape, 1.0) == 1.0

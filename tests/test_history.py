@@ -29,6 +29,7 @@ def test_method_names_follow_the_paper():
     assert history.method_name(_doc("fedsparse", [], lam0=5e-5, sparse_reg="example")) == "FedSparse high"
     assert history.method_name(_doc("fedsparse", [], lam0=1e-4, sparse_reg="example")) == "FedSparse (lam0 = 0.0001)"
     assert history.method_name(_doc("feddrop", [])) == "FedDrop"
+    assert history.method_name(_doc("fedspa", [], density=0.2)) == "FedSpa D = 0.2"  # one name per density
 
 
 def test_record_at_takes_the_last_evaluation_up_to_the_round():
@@ -47,6 +48,18 @@ def test_comparison_by_hand_and_beside_the_paper():
     mid_line = text.splitlines()[3]
     assert mid_line.split()[:2] == ["FedSparse", "mid"]
     assert "46.8" in mid_line and "0.54" in mid_line  # the paper: 46.8 % sparse, 35 / 65 GB
+
+
+def test_load_runs_keeps_the_longest_history_of_each_method(tmp_path):
+    (tmp_path / "cifar10_fedavg_seed0.json").write_text(json.dumps(FEDAVG))  # to round 20
+    (tmp_path / "schedule").mkdir()
+    longer = _doc("fedavg", FEDAVG["records"] + [_rec(30, 0.45, 0.85, 1.5)])
+    (tmp_path / "schedule" / "cifar10_fedavg_seed0.json").write_text(json.dumps(longer))
+    (tmp_path / "schedule" / "cifar10_fedsparse-mid_seed0.json").write_text(json.dumps(_doc("fedsparse", MID["records"][:1], lam0=5e-6, sparse_reg="example")))
+    (tmp_path / "cifar10_fedsparse-mid_seed0.json").write_text(json.dumps(MID))  # the longer one beside
+    assert history.summary(history.load_runs(tmp_path, "cifar10")["FedAvg"])["rounds"] == 20
+    both = history.load_runs(tmp_path, "cifar10", subdirs=("schedule",))
+    assert [history.record_at(d, 100)["round"] for d in both.values()] == [30, 20]
 
 
 def test_load_runs_orders_rows_like_the_paper(tmp_path):

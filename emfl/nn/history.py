@@ -27,7 +27,8 @@ ORDER = ("FedAvg", "FedDrop", "FedL1", "FedSparse low", "FedSparse mid", "FedSpa
 _LEVELS = {5e-7: "low", 5e-6: "mid", 5e-5: "high"}
 LAM0_LEVELS = {"low": 5e-7, "mid": 5e-6, "high": 5e-5}  # the paper's lam0 per level
 COLOURS = {"FedAvg": "black", "FedDrop": "tab:green", "FedL1": "tab:purple", "FedSparse low": "tab:orange",
-           "FedSparse mid": "tab:red", "FedSparse high": "tab:blue"}  # distinct hues, not shades of one
+           "FedSparse mid": "tab:red", "FedSparse high": "tab:blue", "FedSpa D = 0.5": "tab:cyan",
+           "FedSpa D = 0.2": "tab:brown"}  # distinct hues, not shades of one
 
 
 def load_history(path) -> dict:
@@ -94,6 +95,8 @@ def method_name(doc: dict) -> str:
         name = f"FedSparse {level}" if level else f"FedSparse (lam0 = {cfg['lam0']:g})"
         reading = cfg.get("sparse_reg", "batch")
         return name if reading == Params.sparse_reg else f"{name}, {reading}"
+    if algo == "fedspa":
+        return f"FedSpa D = {float(cfg.get('density', 0.5)):g}"
     from emfl.nn.algorithms import ALGORITHMS
 
     return ALGORITHMS[algo].title if algo in ALGORITHMS else algo
@@ -107,16 +110,24 @@ def record_at(doc: dict, rnd: int) -> dict:
     return rows[-1]
 
 
-def load_runs(directory, task: str, seed: int = 0) -> dict:
-    """Every committed history ``{task}_*_seed{seed}.json`` in ``directory``, by method name, in
-    the paper's row order."""
+def load_runs(directory, task: str, seed: int = 0, subdirs=()) -> dict:
+    """Every committed history ``{task}_*_seed{seed}.json`` in ``directory`` (and in its
+    ``subdirs``, e.g. ``("schedule",)``), by method name, in the paper's row order.  Where one
+    method has histories in several of these folders, the one that reached the most rounds wins."""
     found = {}
-    for path in sorted(Path(directory).glob(f"{task}_*_seed{seed}.json")):
-        doc = load_history(path)
-        found[method_name(doc)] = doc
+    for folder in (Path(directory), *(Path(directory) / sub for sub in subdirs)):
+        for path in sorted(folder.glob(f"{task}_*_seed{seed}.json")):
+            doc = load_history(path)
+            name = method_name(doc)
+            if name not in found or _last_round(doc) > _last_round(found[name]):
+                found[name] = doc
     if not found:
         raise FileNotFoundError(f"no run histories {task}_*_seed{seed}.json in {directory}")
     return {k: found[k] for k in sorted(found, key=lambda k: ORDER.index(k) if k in ORDER else len(ORDER))}
+
+
+def _last_round(doc: dict) -> int:
+    return doc["records"][-1]["round"] if doc["records"] else 0
 
 
 def comparison(runs: dict, rnd: int) -> list:

@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 __all__ = ["LeNet5", "LeNet5Classic", "ResNet20", "make_model", "MODELS", "num_parameters", "state_tensors",
-           "state_vector", "load_state_vector", "parameter_views"]
+           "state_vector", "load_state_vector", "parameter_views", "layer_macs"]
 
 
 def _flat_size(input_shape, features: nn.Module) -> int:
@@ -168,3 +168,27 @@ def parameter_views(model: nn.Module, vec: torch.Tensor) -> dict:
         views[name] = vec[i:i + p.numel()].view_as(p)
         i += p.numel()
     return views
+
+
+@torch.no_grad()
+def layer_macs(model: nn.Module, input_shape) -> list:
+    """Multiply-adds of one example's forward pass through each conv and linear layer, in the order
+    of ``model.modules()``: the layer's weight count times the positions it is applied at (a conv
+    layer's output height x width, a linear layer's 1).  A weight switched off saves its share."""
+    macs, hooks = {}, []
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    for m in layers:
+        def count(mod, inp, out):
+            positions = out[0, 0].numel() if isinstance(mod, nn.Conv2d) else 1
+            macs[id(mod)] = mod.weight.numel() * positions
+        hooks.append(m.register_forward_hook(count))
+    was_training = model.training
+    try:
+        model.eval()
+        p = next(model.parameters())
+        model(torch.zeros(1, *input_shape, dtype=p.dtype, device=p.device))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return [macs[id(m)] for m in layers]

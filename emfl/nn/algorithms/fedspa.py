@@ -47,7 +47,7 @@ from emfl.nn.messages import Dense, Masked, pack_bits, unpack_bits
 from emfl.nn.models import load_state_vector, state_tensors, state_vector
 from emfl.personal_masks import prune_fraction  # the same schedule as on the toy world
 
-__all__ = ["FedSpa", "Params", "erk_densities", "prune_fraction"]
+__all__ = ["FedSpa", "Params", "erk_densities", "mask_layers", "mac_share", "prune_fraction"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,32 @@ def erk_densities(shapes: list, density: float) -> list:
         dense |= over
 
 
+def mask_layers(model: nn.Module, density: float) -> tuple:
+    """The weights a mask covers and how many of each it holds: ``(layers, counts)`` with a
+    ``(offset in the state vector, size, shape)`` per conv and linear weight and its ERK count."""
+    weights = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    layers, offset = [], 0
+    for t in state_tensors(model):
+        if id(t) in weights:
+            layers.append((offset, t.numel(), tuple(t.shape)))
+        offset += t.numel()
+    counts = [round(f * n) for f, (_, n, _) in zip(erk_densities([s for *_, s in layers], density), layers)]
+    return layers, counts
+
+
+def mac_share(model: nn.Module, input_shape, density: float) -> float:
+    """Multiply-adds of a client's masked forward pass as a share of the dense model's, for masks
+    of ``density`` with ERK layer densities: each layer's weights cost in proportion to the
+    positions they are applied at, so a layer ERK keeps dense (the first conv layer, applied at
+    every pixel) weighs more than its size.  What sparse-to-sparse training could save; the
+    engine computes the masked model densely."""
+    from emfl.nn.models import layer_macs
+
+    layers, counts = mask_layers(model, density)
+    macs = layer_macs(model, input_shape)
+    return sum(k / n * c for k, (_, n, _), c in zip(counts, layers, macs)) / sum(macs)
+
+
 class FedSpa(Algorithm):
     name = "fedspa"
     title = "FedSpa"
@@ -92,15 +118,7 @@ class FedSpa(Algorithm):
 
     def __init__(self, params, run):
         super().__init__(params, run)
-        model = run.model
-        weights = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
-        self.layers, offset = [], 0  # (offset in the state vector, size, shape) of each maskable weight
-        for t in state_tensors(model):
-            if id(t) in weights:
-                self.layers.append((offset, t.numel(), tuple(t.shape)))
-            offset += t.numel()
-        self.counts = [round(f * n) for f, (_, n, _) in
-                       zip(erk_densities([s for *_, s in self.layers], params.density), self.layers)]
+        self.layers, self.counts = mask_layers(run.model, params.density)
         self.maskable = sum(n for _, n, _ in self.layers)
 
     # ------------------------------------------------------------------ the masks
