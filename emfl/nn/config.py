@@ -17,7 +17,7 @@ import numpy as np
 
 __all__ = ["RunConfig", "make_config", "TASKS", "GENERIC_FIELDS"]
 
-TASKS = {"cifar10": {"batch_size": 64}, "femnist": {"batch_size": 20}}
+TASKS = {"cifar10": {"batch_size": 64}, "femnist": {"batch_size": 20}, "bits": {"batch_size": 32}}
 
 
 @dataclass(init=False)

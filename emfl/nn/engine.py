@@ -122,6 +122,7 @@ class Engine:
         self.bytes_up = 0
         self.seconds = 0.0
         self.history: list = []
+        self.observers: list = []  # e.g. emfl.nn.probes.InfoProbe: see each client's model and the server's
         self._test = None
 
     @property
@@ -201,6 +202,10 @@ class Engine:
         for job, msg, result in updates:
             # the client's local model, as it was sent (run.model holds it now)
             self.local_acc[job.s] = self.accuracy(self.model, self.data.test_x[job.s], self.data.test_y[job.s])
+            watched = time.perf_counter()
+            for o in self.observers:
+                o.client_model(self, rnd + 1, int(job.s), self.model)
+            start += time.perf_counter() - watched  # observing is not training
             if result.memory is not None:
                 kept[job.s] = result.memory
             self.bytes_down += msg.nbytes
@@ -214,6 +219,10 @@ class Engine:
         self.memory.update(kept)
         self.round = rnd + 1
         self.seconds += time.perf_counter() - start
+        if self.observers:
+            load_state_vector(self.eval_model, algo.server_model(self.server))
+            for o in self.observers:
+                o.server_model(self, self.round, self.eval_model)
         return {"round": self.round, "train_loss": float(np.mean([r.loss for r in results])), **info}
 
     # ------------------------------------------------------------------ metrics

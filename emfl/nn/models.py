@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["LeNet5", "LeNet5Classic", "ResNet20", "make_model", "MODELS", "num_parameters", "state_tensors",
+__all__ = ["LeNet5", "LeNet5Classic", "ResNet20", "TanhMLP", "make_model", "MODELS", "num_parameters", "state_tensors",
            "state_vector", "load_state_vector", "parameter_views", "layer_macs"]
 
 
@@ -122,7 +122,33 @@ class ResNet20(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-MODELS = {"lenet5": LeNet5, "lenet5-classic": LeNet5Classic, "resnet20": ResNet20}
+class TanhMLP(nn.Module):
+    """A fully connected tanh network, 12-10-7-5-4-3-2 on the 12-bit task (Shwartz-Ziv and
+    Tishby's information-plane network): ``fc1 .. fc5`` with ``act1 .. act5`` (the layers' tanh
+    outputs, the representations the information probes read), then ``out``."""
+
+    chain = True
+    widths = (10, 7, 5, 4, 3)
+
+    def __init__(self, input_shape=(1, 1, 12), num_classes: int = 2):
+        super().__init__()
+        n = 1
+        for k in input_shape:
+            n *= k
+        for i, w in enumerate(self.widths, 1):
+            setattr(self, f"fc{i}", nn.Linear(n, w))
+            setattr(self, f"act{i}", nn.Tanh())
+            n = w
+        self.out = nn.Linear(n, num_classes)
+
+    def forward(self, x):
+        x = torch.flatten(x, 1)
+        for i in range(1, len(self.widths) + 1):
+            x = getattr(self, f"act{i}")(getattr(self, f"fc{i}")(x))
+        return self.out(x)
+
+
+MODELS = {"lenet5": LeNet5, "lenet5-classic": LeNet5Classic, "resnet20": ResNet20, "mlp-tanh": TanhMLP}
 
 
 def make_model(name: str, input_shape, num_classes: int) -> nn.Module:

@@ -84,7 +84,12 @@ def write_json_atomic(obj, path) -> None:
 
 
 def load_task_data(config: RunConfig, data_dir=None, download: bool = False):
-    """The federated data set of ``config.task`` (CIFAR-10 shards or FEMNIST writers)."""
+    """The federated data set of ``config.task`` (CIFAR-10 shards, FEMNIST writers, or the 12-bit
+    patterns: ``num_shards`` clients, Dirichlet(``alpha``)-skewed, generated, no files)."""
+    if config.task == "bits":
+        from emfl.nn.bits import bits_federation
+
+        return bits_federation(config.num_shards, config.alpha, seed=config.seed)
     if config.task == "cifar10":
         from emfl.nn.cifar import load_cifar10
 

@@ -1,0 +1,113 @@
+"""Probes that watch a run: what the clients' models know just before the server averages them,
+and what the averaged model knows just after (Adilova et al. 2019).
+
+An observer joins an :class:`emfl.nn.engine.Engine` through ``engine.observers``; the engine calls
+``client_model(engine, round, s, model)`` with each client's locally trained model (before the
+M-step) and ``server_model(engine, round, model)`` with the server's model after it.
+:class:`InfoProbe` records a point of the information plane (``emfl.info``) per chosen layer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from emfl import info
+
+__all__ = ["InfoProbe", "layer_activations", "local_steps", "info_flow"]
+
+
+@torch.no_grad()
+def layer_activations(model: torch.nn.Module, x: torch.Tensor, layers) -> dict:
+    """``{name: activations (examples x units, float64 NumPy)}`` of the named modules of ``model``
+    on the (normalised) inputs ``x``, in eval mode; the model's mode is restored."""
+    modules = dict(model.named_modules())
+    missing = [n for n in layers if n not in modules]
+    if missing:
+        raise ValueError(f"the model has no layers {missing}; its layers: {', '.join(n for n in modules if n)}")
+    out, hooks = {}, []
+    for name in layers:
+        hooks.append(modules[name].register_forward_hook(
+            lambda mod, inp, o, name=name: out.__setitem__(name, o.detach().flatten(1).double().cpu().numpy())))
+    was_training = model.training
+    try:
+        model.eval()
+        model(x)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return out
+
+
+class InfoProbe:
+    """Every ``every`` rounds, ``I(X;T)`` and ``I(T;Y)`` (bits) of each layer in ``layers`` on the
+    probe inputs ``x`` (uint8, as the data set stores them) with labels ``y``: binned (``bins``
+    bins over ``[lo, hi]``; ``-1, 1`` suits tanh) for every sampled client's model before averaging
+    and for the server's after, and with the noisy-layer upper bound (``noise``) on the first
+    ``kde_points`` probe inputs.  ``records``: one dict per model, layer and probed round."""
+
+    def __init__(self, x: torch.Tensor, y, layers, every: int = 1, bins: int = 30, lo: float | None = -1.0,
+                 hi: float | None = 1.0, noise: float = 0.1, kde_points: int = 1000):
+        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
+            raise ValueError(f"every must be a whole number >= 1; got {every!r}")
+        self.x, self.y = x, np.asarray(y)
+        self.layers, self.every = tuple(layers), int(every)
+        self.bins, self.lo, self.hi, self.noise, self.kde_points = bins, lo, hi, noise, kde_points
+        self.records: list = []
+
+    def _probe(self, engine, rnd: int, model, who: str, s) -> None:
+        if rnd % self.every:
+            return
+        x = engine.data.normalize(self.x, engine.device)
+        k = min(self.kde_points, len(self.y))
+        for name, T in layer_activations(model, x, self.layers).items():
+            binned = info.binning(T, self.y, self.bins, self.lo, self.hi)
+            noisy = info.kde(T[:k], self.y[:k], self.noise)
+            self.records.append({"round": rnd, "model": who, "client": s, "layer": name,
+                                 "ixt": binned.ixt, "ity": binned.ity, "kde_ixt": noisy.ixt, "kde_ity": noisy.ity})
+
+    def client_model(self, engine, rnd: int, s: int, model) -> None:
+        self._probe(engine, rnd, model, "client", s)
+
+    def server_model(self, engine, rnd: int, model) -> None:
+        self._probe(engine, rnd, model, "server", None)
+
+
+def local_steps(n_s: int, batch_size: int, local_epochs: int) -> int:
+    """Local steps a client takes between two averagings (the aggregation period)."""
+    return local_epochs * -(-n_s // batch_size)
+
+
+def info_flow(local_epochs: int = 1, batch_size: int = 32, alpha: float = 1000.0, rounds: int = 50,
+              every: int = 5, clients: int = 10, client_lr: float = 0.1, seed: int = 0, layers=None,
+              bins: int = 30, noise: float = 0.1, progress=None) -> dict:
+    """A FedAvg run (plain averaging: server SGD with learning rate 1) of the tanh network on the
+    12-bit task with an :class:`InfoProbe` on all 4,096 patterns; returns a JSON-ready history:
+    ``config``, the evaluated ``records`` and the ``probes``."""
+    from emfl.nn.bits import bit_patterns
+    from emfl.nn.config import RunConfig
+    from emfl.nn.engine import Engine
+    from emfl.nn.runner import load_task_data
+
+    cfg = RunConfig(task="bits", model="mlp-tanh", rounds=rounds, seed=seed, num_shards=clients,
+                    clients_per_round=clients, alpha=float(alpha), batch_size=batch_size, local_epochs=local_epochs,
+                    client_lr=client_lr, server_opt="sgd", server_lr=1.0, eval_every=every, device="cpu")
+    data = load_task_data(cfg)
+    x, y = bit_patterns(0)
+    order = np.random.default_rng(seed).permutation(len(y))  # the KDE's subset: a fixed random one
+    probe = InfoProbe(torch.from_numpy(x[order] * 255).view(-1, 1, 1, x.shape[1]), y[order],
+                      layers or tuple(f"act{i}" for i in range(1, 6)), every=every, bins=bins, noise=noise)
+    engine = Engine(cfg, data)
+    engine.observers.append(probe)
+    probe._probe(engine, 0, engine.model, "server", None)  # the starting point
+    while engine.round < rounds:
+        engine.run_round()
+        if engine.round % every == 0 or engine.round == rounds:
+            record = engine.evaluate()
+            if progress:
+                progress(record)
+    n_s = int(np.median(data.train_sizes()))
+    return {"config": {**cfg.to_dict(), "local_steps": local_steps(n_s, batch_size, local_epochs), "bins": bins,
+                       "noise": noise, "probe_inputs": len(y)},
+            "records": engine.history, "probes": probe.records}

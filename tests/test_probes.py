@@ -1,0 +1,97 @@
+"""The 12-bit task, the engine's observers and the information probe, checked by hand."""
+
+import numpy as np
+import pytest
+import torch
+
+from emfl.nn.bits import bit_patterns, bits_federation
+from emfl.nn.config import RunConfig
+from emfl.nn.engine import Engine
+from emfl.nn.models import TanhMLP, state_vector
+from emfl.nn.probes import InfoProbe, layer_activations, local_steps
+
+
+def test_the_patterns_are_all_4096_in_counting_order_half_of_them_labelled_one():
+    x, y = bit_patterns()
+    assert x.shape == (4096, 12) and len(np.unique(x, axis=0)) == 4096
+    assert x[5].tolist() == [0] * 9 + [1, 0, 1]  # 5 = 101 in binary
+    assert y.sum() == 2048
+
+
+def test_clients_hold_disjoint_shares_iid_or_skewed():
+    iid = bits_federation(10, None, seed=0)
+    assert [len(t) for t in iid.train_y] == [(4096 - 819) // 10] * 10  # 819 = round(0.2 * 4096) held out
+    seen = torch.cat([x.view(len(x), -1) for x in iid.train_x] + [iid.global_x.view(819, -1)])
+    assert len(torch.unique(seen, dim=0)) == len(seen)  # no pattern twice, none both trained on and tested
+    assert all(0.35 < float(t.float().mean()) < 0.65 for t in iid.train_y)
+    skewed = bits_federation(10, 0.1, seed=0)
+    assert sum(float(t.float().mean()) in (0.0, 1.0) for t in skewed.train_y) >= 3  # one label only
+    with pytest.raises(ValueError, match="alpha must be None"):
+        bits_federation(10, -1.0)
+
+
+def test_local_steps_count_the_minibatches():
+    assert local_steps(327, 32, 1) == 11  # ten full batches and one of 7
+    assert local_steps(327, 327, 1) == 1 and local_steps(327, 32, 5) == 55
+
+
+class _Count:
+    def __init__(self):
+        self.calls = []
+
+    def client_model(self, engine, rnd, s, model):
+        self.calls.append(("client", rnd, s, state_vector(model).clone()))
+
+    def server_model(self, engine, rnd, model):
+        self.calls.append(("server", rnd, None, state_vector(model).clone()))
+
+
+def test_observers_see_each_clients_model_before_averaging_and_the_servers_after():
+    cfg = RunConfig(task="bits", model="mlp-tanh", rounds=2, num_shards=4, clients_per_round=3, alpha=1.0,
+                    server_opt="sgd", server_lr=1.0, device="cpu")
+    e = Engine(cfg, bits_federation(4, None, seed=0))
+    watch = _Count()
+    e.observers.append(watch)
+    e.run_round()
+    e.run_round()
+    assert [(who, rnd) for who, rnd, _, _ in watch.calls] == [("client", 1)] * 3 + [("server", 1)] + [("client", 2)] * 3 + [("server", 2)]
+    clients = [w for who, rnd, _, w in watch.calls if who == "client" and rnd == 2]
+    server = watch.calls[-1][3]
+    assert torch.allclose(server, torch.stack(clients).mean(0), atol=1e-6)  # plain averaging: the mean of the clients
+    assert torch.equal(server, e.w)
+
+
+def test_the_probe_reads_one_bit_from_a_layer_that_copies_one_input_bit():
+    model = TanhMLP()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.fc1.weight[:, 0] = 10.0  # every unit of act1 is tanh(10 z_0): the first bit, as +-1
+    x, y = bit_patterns()
+    inputs = torch.from_numpy(2.0 * x - 1.0).float()
+    T = layer_activations(model, inputs.view(-1, 1, 1, 12), ["act1", "act2"])
+    assert T["act1"].shape == (4096, 10) and T["act2"].shape == (4096, 7)
+    assert set(np.round(T["act1"][:, 0], 6)) == {round(np.tanh(10.0), 6), round(np.tanh(-10.0), 6)}
+    from emfl import info
+
+    assert info.binning(T["act1"], y, 30, -1, 1).ixt == 1.0  # two symbols, 2,048 patterns each
+    assert info.binning(T["act2"], y, 30, -1, 1).ixt == 0.0  # act2's weights are zero: one symbol
+    with pytest.raises(ValueError, match="no layers"):
+        layer_activations(model, inputs.view(-1, 1, 1, 12), ["act9"])
+
+
+def test_the_info_probe_records_every_model_and_layer_on_its_rounds():
+    cfg = RunConfig(task="bits", model="mlp-tanh", rounds=4, num_shards=4, clients_per_round=2, alpha=1.0,
+                    server_opt="sgd", server_lr=1.0, device="cpu")
+    e = Engine(cfg, bits_federation(4, None, seed=0))
+    x, y = bit_patterns()
+    probe = InfoProbe(torch.from_numpy(x * 255).view(-1, 1, 1, 12), y, ("act1", "act3"), every=2, kde_points=200)
+    e.observers.append(probe)
+    for _ in range(4):
+        e.run_round()
+    assert len(probe.records) == 2 * (2 + 1) * 2  # rounds 2 and 4; two clients and the server; two layers
+    assert {r["round"] for r in probe.records} == {2, 4}
+    for r in probe.records:
+        assert 0 <= r["ity"] <= 1 + 1e-12 and 0 <= r["ixt"] <= 12 + 1e-12  # I(T;Y) <= H(Y) = 1, I(X;T) <= log2 4096
+    with pytest.raises(ValueError, match="every must be"):
+        InfoProbe(torch.zeros(1), [0], ("act1",), every=0)
