@@ -17,7 +17,7 @@ FedSpa keeps the gates with the client and lets the server average only what eac
 * Server (M-step): each weight's mean difference over the clients whose mask held it, one step of
   the run's server optimiser on it (Adam at 1e-3 in the paper's protocol, as for every method here;
   with plain SGD at learning rate 1 each weight becomes the average of the clients that hold it);
-  a weight no sampled client held gets a zero difference.
+  a weight no sampled client held gets a zero difference (under Adam its momentum still moves it).
 
 From FedSpa's abstract: personal masks of fixed density, sparse-to-sparse local training, masked
 messages both ways, personalised evaluation (local accuracy: each client's model on its own test
