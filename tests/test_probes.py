@@ -91,6 +91,8 @@ def test_the_info_probe_records_every_model_and_layer_on_its_rounds():
         e.run_round()
     assert len(probe.records) == 2 * (2 + 1) * 2  # rounds 2 and 4; two clients and the server; two layers
     assert {r["round"] for r in probe.records} == {2, 4}
+    assert [st["round"] for st in probe.server_states] == [2, 4]
+    assert probe.server_states[-1]["w"] == e.w.tolist()
     for r in probe.records:
         assert 0 <= r["ity"] <= 1 + 1e-12 and 0 <= r["ixt"] <= 12 + 1e-12  # I(T;Y) <= H(Y) = 1, I(X;T) <= log2 4096
     with pytest.raises(ValueError, match="every must be"):

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from emfl import info
+from emfl.nn.models import state_vector
 
 __all__ = ["InfoProbe", "layer_activations", "local_steps", "info_flow"]
 
@@ -45,7 +46,8 @@ class InfoProbe:
     probe inputs ``x`` (uint8, as the data set stores them) with labels ``y``: binned (``bins``
     bins over ``[lo, hi]``; ``-1, 1`` suits tanh) for every sampled client's model before averaging
     and for the server's after, and with the noisy-layer upper bound (``noise``) on the first
-    ``kde_points`` probe inputs.  ``records``: one dict per model, layer and probed round."""
+    ``kde_points`` probe inputs.  ``records``: one dict per model, layer and probed round;
+    ``server_states``: the server's weights at each probed round (to re-estimate later)."""
 
     def __init__(self, x: torch.Tensor, y, layers, every: int = 1, bins: int = 30, lo: float | None = -1.0,
                  hi: float | None = 1.0, noise: float = 0.1, kde_points: int = 1000):
@@ -55,6 +57,7 @@ class InfoProbe:
         self.layers, self.every = tuple(layers), int(every)
         self.bins, self.lo, self.hi, self.noise, self.kde_points = bins, lo, hi, noise, kde_points
         self.records: list = []
+        self.server_states: list = []  # the server's state vector at each probed round: {round, w}
 
     def _probe(self, engine, rnd: int, model, who: str, s) -> None:
         if rnd % self.every:
@@ -72,6 +75,8 @@ class InfoProbe:
 
     def server_model(self, engine, rnd: int, model) -> None:
         self._probe(engine, rnd, model, "server", None)
+        if rnd % self.every == 0:
+            self.server_states.append({"round": rnd, "w": state_vector(model).tolist()})
 
 
 def local_steps(n_s: int, batch_size: int, local_epochs: int) -> int:
@@ -100,7 +105,7 @@ def info_flow(local_epochs: int = 1, batch_size: int = 32, alpha: float = 1000.0
                       layers or tuple(f"act{i}" for i in range(1, 6)), every=every, bins=bins, noise=noise)
     engine = Engine(cfg, data)
     engine.observers.append(probe)
-    probe._probe(engine, 0, engine.model, "server", None)  # the starting point
+    probe.server_model(engine, 0, engine.model)  # the starting point
     while engine.round < rounds:
         engine.run_round()
         if engine.round % every == 0 or engine.round == rounds:
@@ -110,4 +115,4 @@ def info_flow(local_epochs: int = 1, batch_size: int = 32, alpha: float = 1000.0
     n_s = int(np.median(data.train_sizes()))
     return {"config": {**cfg.to_dict(), "local_steps": local_steps(n_s, batch_size, local_epochs), "bins": bins,
                        "noise": noise, "probe_inputs": len(y)},
-            "records": engine.history, "probes": probe.records}
+            "records": engine.history, "probes": probe.records, "server_states": probe.server_states}
