@@ -114,5 +114,5 @@ def info_flow(local_epochs: int = 1, batch_size: int = 32, alpha: float = 1000.0
                 progress(record)
     n_s = int(np.median(data.train_sizes()))
     return {"config": {**cfg.to_dict(), "local_steps": local_steps(n_s, batch_size, local_epochs), "bins": bins,
-                       "noise": noise, "probe_inputs": len(y)},
+                       "noise": noise, "probe_inputs": len(y), "input_mean": data.mean, "input_std": data.std},
             "records": engine.history, "probes": probe.records, "server_states": probe.server_states}
