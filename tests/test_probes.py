@@ -97,3 +97,38 @@ def test_the_info_probe_records_every_model_and_layer_on_its_rounds():
         assert 0 <= r["ity"] <= 1 + 1e-12 and 0 <= r["ixt"] <= 12 + 1e-12  # I(T;Y) <= H(Y) = 1, I(X;T) <= log2 4096
     with pytest.raises(ValueError, match="every must be"):
         InfoProbe(torch.zeros(1), [0], ("act1",), every=0)
+
+
+def _probed():
+    rec = lambda rnd, who, s, layer, ixt, ity: {"round": rnd, "model": who, "client": s, "layer": layer, "ixt": ixt,
+                                                  "ity": ity, "kde_ixt": ixt / 2, "kde_ity": ity / 2}
+    return {"probes": [rec(0, "server", None, "act1", 3.0, 0.1),
+                       rec(5, "client", 0, "act1", 4.0, 0.2), rec(5, "client", 1, "act1", 6.0, 0.4),
+                       rec(5, "server", None, "act1", 5.5, 0.5)]}
+
+
+def test_probe_points_and_the_jump_at_averaging_by_hand():
+    from emfl.nn.probes import averaging_jumps, probe_points
+
+    doc = _probed()
+    rounds, ixt, ity = probe_points(doc, "act1", "client")
+    assert rounds.tolist() == [5] and ixt.tolist() == [5.0] and ity.tolist() == pytest.approx([0.3])  # the clients' mean
+    assert probe_points(doc, "act1", "server", "kde_")[1].tolist() == [1.5, 2.75]
+    r, before, after = averaging_jumps(doc, "act1")
+    assert r.tolist() == [5] and before.tolist() == pytest.approx([0.3]) and after.tolist() == [0.5]
+    with pytest.raises(ValueError, match="no server probes of layer 'act7'"):
+        probe_points(doc, "act7")
+
+
+def test_a_probed_run_keeps_what_the_plane_needs_and_its_weights_reproduce_its_numbers():
+    from emfl import info
+    from emfl.nn.probes import info_flow, server_activations
+
+    doc = info_flow(rounds=2, every=2, clients=3, batch_size=273, layers=("act1", "act4"))
+    assert doc["config"]["local_steps"] == local_steps((4096 - 819) // 3, 273, 1) == 4  # 1,092 patterns each: 4 batches of 273
+    assert [r["round"] for r in doc["records"]] == [2]
+    assert {(r["round"], r["model"]) for r in doc["probes"]} == {(0, "server"), (2, "client"), (2, "server")}
+    T, y = server_activations(doc, 2, ["act4"])
+    again = info.binning(T["act4"], y, 30, -1, 1)
+    kept = [r for r in doc["probes"] if r["round"] == 2 and r["model"] == "server" and r["layer"] == "act4"][0]
+    assert again.ixt == pytest.approx(kept["ixt"], abs=1e-9) and again.ity == pytest.approx(kept["ity"], abs=1e-9)

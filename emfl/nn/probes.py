@@ -15,7 +15,8 @@ import torch
 from emfl import info
 from emfl.nn.models import state_vector
 
-__all__ = ["InfoProbe", "layer_activations", "local_steps", "info_flow"]
+__all__ = ["InfoProbe", "layer_activations", "local_steps", "info_flow", "probe_points", "averaging_jumps",
+           "server_activations", "plot_info_plane"]
 
 
 @torch.no_grad()
@@ -116,3 +117,70 @@ def info_flow(local_epochs: int = 1, batch_size: int = 32, alpha: float = 1000.0
     return {"config": {**cfg.to_dict(), "local_steps": local_steps(n_s, batch_size, local_epochs), "bins": bins,
                        "noise": noise, "probe_inputs": len(y), "input_mean": data.mean, "input_std": data.std},
             "records": engine.history, "probes": probe.records, "server_states": probe.server_states}
+
+
+# ---------------------------------------------------------------------- reading a probed run
+def probe_points(doc: dict, layer: str, model: str = "server", key: str = "") -> tuple:
+    """``(rounds, ixt, ity)`` of ``layer`` from a probed run: the server's model after each
+    averaging (``model="server"``) or the mean over the clients' models just before it
+    (``"client"``); ``key="kde_"`` reads the noisy-layer estimate instead of the binned one."""
+    rows = [r for r in doc["probes"] if r["layer"] == layer and r["model"] == model]
+    if not rows:
+        raise ValueError(f"no {model} probes of layer {layer!r}; the run probed "
+                         f"{sorted({r['layer'] for r in doc['probes']})}")
+    rounds = sorted({r["round"] for r in rows})
+    ixt = [np.mean([r[key + "ixt"] for r in rows if r["round"] == t]) for t in rounds]
+    ity = [np.mean([r[key + "ity"] for r in rows if r["round"] == t]) for t in rounds]
+    return np.array(rounds), np.array(ixt), np.array(ity)
+
+
+def averaging_jumps(doc: dict, layer: str, key: str = "ity") -> tuple:
+    """``(rounds, before, after)``: for each probed round, the clients' mean ``key`` (``ixt`` or
+    ``ity``, bits) just before averaging and the server's just after; ``after - before`` is what
+    one M-step did to what the layer knows."""
+    r_c, ixt_c, ity_c = probe_points(doc, layer, "client")
+    r_s, ixt_s, ity_s = probe_points(doc, layer, "server")
+    server = dict(zip(r_s, ixt_s if key == "ixt" else ity_s))
+    before = ixt_c if key == "ixt" else ity_c
+    return r_c, before, np.array([server[t] for t in r_c])
+
+
+def server_activations(doc: dict, rnd: int, layers=None) -> tuple:
+    """``(activations, y)``: the server model's layers at probed round ``rnd`` on all 4,096
+    patterns, re-computed from the weights the run kept (to try other estimators or bin counts)."""
+    from emfl.nn.bits import bit_patterns
+    from emfl.nn.models import TanhMLP, load_state_vector
+
+    states = {st["round"]: st["w"] for st in doc["server_states"]}
+    if rnd not in states:
+        raise ValueError(f"round {rnd} was not probed; probed rounds: {sorted(states)}")
+    model = TanhMLP()
+    load_state_vector(model, torch.tensor(states[rnd], dtype=torch.float32))
+    x, y = bit_patterns(0)
+    cfg = doc["config"]
+    z = (torch.from_numpy(x).float() - cfg["input_mean"][0]) / cfg["input_std"][0]
+    layers = layers or [f"act{i}" for i in range(1, len(TanhMLP.widths) + 1)]
+    return layer_activations(model, z.view(-1, 1, 1, x.shape[1]), layers), y
+
+
+def plot_info_plane(ax, doc: dict, layers=None, key: str = "", clients: bool = True, title: str = ""):
+    """The information plane of a probed run on ``ax``: per layer the server's points after each
+    averaging joined in round order (a circle at the start, a star at the end) and, faint, the
+    clients' points just before each averaging."""
+    import matplotlib.pyplot as plt
+
+    layers = layers or sorted({r["layer"] for r in doc["probes"]})
+    colours = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(layers)))
+    for layer, c in zip(layers, colours):
+        _, ixt, ity = probe_points(doc, layer, "server", key)
+        ax.plot(ixt, ity, "-", color=c, lw=1.2, label=layer)
+        ax.plot(ixt[0], ity[0], "o", color=c, ms=5)
+        ax.plot(ixt[-1], ity[-1], "*", color=c, ms=10)
+        if clients:
+            rows = [r for r in doc["probes"] if r["layer"] == layer and r["model"] == "client"]
+            ax.scatter([r[key + "ixt"] for r in rows], [r[key + "ity"] for r in rows], s=4, color=c, alpha=0.25)
+    ax.set_xlabel("I(X;T), bits" + (" (noisy layer)" if key else ""))
+    ax.set_ylabel("I(T;Y), bits")
+    if title:
+        ax.set_title(title, fontsize=10)
+    return ax
