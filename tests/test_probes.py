@@ -132,3 +132,18 @@ def test_a_probed_run_keeps_what_the_plane_needs_and_its_weights_reproduce_its_n
     again = info.binning(T["act4"], y, 30, -1, 1)
     kept = [r for r in doc["probes"] if r["round"] == 2 and r["model"] == "server" and r["layer"] == "act4"][0]
     assert again.ixt == pytest.approx(kept["ixt"], abs=1e-9) and again.ity == pytest.approx(kept["ity"], abs=1e-9)
+
+
+def test_probed_runs_load_by_split_and_period_and_a_broken_file_says_so(tmp_path):
+    import json
+
+    from emfl.nn.probes import load_info_runs
+
+    for name, alpha, steps in (("b", 0.1, 11), ("a", 1000.0, 55), ("c", 1000.0, 1)):
+        (tmp_path / f"bits_{name}.json").write_text(json.dumps({"config": {"alpha": alpha, "local_steps": steps}}))
+    assert list(load_info_runs(tmp_path)) == [("IID", 1), ("IID", 55), ("Dirichlet 0.1", 11)]
+    (tmp_path / "bits_z.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a probed run"):
+        load_info_runs(tmp_path)
+    with pytest.raises(FileNotFoundError, match="python -m emfl info-flow"):
+        load_info_runs(tmp_path / "nothing")

@@ -16,7 +16,7 @@ from emfl import info
 from emfl.nn.models import state_vector
 
 __all__ = ["InfoProbe", "layer_activations", "local_steps", "info_flow", "probe_points", "averaging_jumps",
-           "server_activations", "plot_info_plane"]
+           "server_activations", "plot_info_plane", "run_label", "load_info_runs"]
 
 
 @torch.no_grad()
@@ -184,3 +184,29 @@ def plot_info_plane(ax, doc: dict, layers=None, key: str = "", clients: bool = T
     if title:
         ax.set_title(title, fontsize=10)
     return ax
+
+
+def run_label(doc: dict) -> str:
+    """``"IID"`` for a split with ``alpha >= 100``, else ``"Dirichlet alpha"``."""
+    a = float(doc["config"]["alpha"])
+    return "IID" if a >= 100 else f"Dirichlet {a:g}"
+
+
+def load_info_runs(directory) -> dict:
+    """The probed runs ``bits_*.json`` of ``directory`` as ``{(split label, local steps): doc}``,
+    IID first, then by the aggregation period."""
+    import json
+    from pathlib import Path
+
+    found = {}
+    for path in sorted(Path(directory).glob("bits_*.json")):
+        try:
+            doc = json.loads(path.read_text())
+            key = (run_label(doc), int(doc["config"]["local_steps"]))
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{path} is not a probed run written by `python -m emfl info-flow` ({err}); "
+                             "delete it or write it again") from None
+        found[key] = doc
+    if not found:
+        raise FileNotFoundError(f"no probed runs bits_*.json in {directory}; make them with `python -m emfl info-flow`")
+    return dict(sorted(found.items(), key=lambda kv: (kv[0][0] != "IID", kv[0][0], kv[0][1])))
