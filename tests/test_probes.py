@@ -33,6 +33,9 @@ def test_clients_hold_disjoint_shares_iid_or_skewed():
 def test_local_steps_count_the_minibatches():
     assert local_steps(327, 32, 1) == 11  # ten full batches and one of 7
     assert local_steps(327, 327, 1) == 1 and local_steps(327, 32, 5) == 55
+    from emfl.nn.probes import period_label
+
+    assert period_label(1) == "1 local step a round" and period_label(11) == "11 local steps a round"
 
 
 class _Count:

@@ -16,7 +16,7 @@ from emfl import info
 from emfl.nn.models import state_vector
 
 __all__ = ["InfoProbe", "layer_activations", "local_steps", "info_flow", "probe_points", "averaging_jumps",
-           "server_activations", "plot_info_plane", "run_label", "load_info_runs"]
+           "server_activations", "plot_info_plane", "run_label", "load_info_runs", "period_label"]
 
 
 @torch.no_grad()
@@ -210,3 +210,8 @@ def load_info_runs(directory) -> dict:
     if not found:
         raise FileNotFoundError(f"no probed runs bits_*.json in {directory}; make them with `python -m emfl info-flow`")
     return dict(sorted(found.items(), key=lambda kv: (kv[0][0] != "IID", kv[0][0], kv[0][1])))
+
+
+def period_label(steps: int) -> str:
+    """``"1 local step a round"``, ``"11 local steps a round"``."""
+    return f"{steps} local step{'s' if steps != 1 else ''} a round"
