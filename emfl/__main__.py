@@ -206,16 +206,24 @@ def _info_flow(args) -> int:
     if not out.parent.is_dir():
         print(f"error: no folder {out.parent} for --out; create it or pass another path", file=sys.stderr)
         return 2
+    from emfl.nn.data import DataError
+    from emfl.nn.probes import lenet_info_flow
+
     try:
-        doc = info_flow(local_epochs=args.local_epochs, batch_size=args.batch_size, alpha=args.alpha, rounds=args.rounds,
-                        every=args.probe_every, clients=args.clients, client_lr=args.client_lr, seed=args.seed,
-                        bins=args.bins, noise=args.noise)
-    except ValueError as err:
+        if args.task == "bits":
+            doc = info_flow(local_epochs=args.local_epochs, batch_size=args.batch_size, alpha=args.alpha,
+                            rounds=args.rounds, every=args.probe_every, clients=args.clients, client_lr=args.client_lr,
+                            seed=args.seed, bins=args.bins, noise=0.1 if args.noise is None else args.noise)
+        else:
+            doc = lenet_info_flow(args.task, args.data_dir, rounds=args.rounds, every=args.probe_every,
+                                  max_writers=args.max_writers, bins=args.bins,
+                                  noise=1.0 if args.noise is None else args.noise, seed=args.seed)
+    except (ValueError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     write_json_atomic(doc, out)
     last = doc["records"][-1]
-    print(f"info-flow, {doc['config']['local_steps']} local steps a round, alpha {args.alpha:g}: round {last['round']}, "
+    print(f"info-flow on {args.task}, {doc['config']['local_steps']} local steps a round: round {last['round']}, "
           f"global accuracy {last['global_acc']:.4f}; {len(doc['probes'])} probes in {out}")
     return 0
 
@@ -235,8 +243,14 @@ def main(argv=None) -> int:
     exe.add_argument("notebooks", nargs="*", help="students' notebooks to execute and grade (none: list the exercises)")
     exe.add_argument("--timeout", type=int, default=1200, help="seconds a cell may run")
     exe.set_defaults(func=_exercises)
-    inf = sub.add_parser("info-flow", help="a FedAvg run on the 12-bit task with information probes (tutorial 08)",
+    inf = sub.add_parser("info-flow", help="a FedAvg run with information probes (tutorial 08): the tanh network on "
+                         "the 12-bit task, or a short LeNet-5 run on FEMNIST or CIFAR-10",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    inf.add_argument("--task", choices=["bits", "femnist", "cifar10"], default="bits",
+                     help="bits: the tanh network on all 12-bit patterns; femnist, cifar10: LeNet-5 with the "
+                          "paper's protocol (--local-epochs, --batch-size, --alpha, --clients, --client-lr are for bits)")
+    inf.add_argument("--data-dir", default=None, help="folder of the real data (femnist, cifar10); default $EMFL_DATA_DIR")
+    inf.add_argument("--max-writers", type=int, default=200, help="femnist: keep the first k writers")
     inf.add_argument("--local-epochs", type=int, default=1, help="epochs a client trains between averagings")
     inf.add_argument("--batch-size", type=int, default=32, help="minibatch size (a client holds 327 patterns)")
     inf.add_argument("--alpha", type=float, default=1000.0, help="Dirichlet concentration of the label split (large: IID)")
@@ -246,7 +260,8 @@ def main(argv=None) -> int:
     inf.add_argument("--client-lr", type=float, default=0.1)
     inf.add_argument("--seed", type=int, default=0)
     inf.add_argument("--bins", type=int, default=30, help="bins over [-1, 1] for the binning estimator")
-    inf.add_argument("--noise", type=float, default=0.1, help="noise standard deviation of the KDE estimator")
+    inf.add_argument("--noise", type=float, default=None, help="noise standard deviation of the KDE estimator "
+                     "(default 0.1 for bits, 1.0 for LeNet-5)")
     inf.add_argument("--out", required=True, help="the JSON history to write")
     inf.set_defaults(func=_info_flow)
     argv = sys.argv[1:] if argv is None else list(argv)

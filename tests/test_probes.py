@@ -150,3 +150,29 @@ def test_probed_runs_load_by_split_and_period_and_a_broken_file_says_so(tmp_path
         load_info_runs(tmp_path)
     with pytest.raises(FileNotFoundError, match="python -m emfl info-flow"):
         load_info_runs(tmp_path / "nothing")
+
+
+def test_a_relu_read_layer_that_is_all_negative_holds_nothing_and_weights_can_be_left_out():
+    from emfl.nn.data import generated_federation
+
+    fed = generated_federation(4, 8, 4, (1, 28, 28), 62, 0)
+    e = Engine(RunConfig(task="femnist", rounds=1, clients_per_round=2, batch_size=8, device="cpu"), fed)
+    with torch.no_grad():
+        e.model.fc1.bias.fill_(-100.0)  # pre-activations vary with the input but are all negative
+    x, y = fed.test_union()
+    on = InfoProbe(x, y.numpy(), ("fc1",), lo=None, hi=None, relu=("fc1",), keep_weights=False)
+    off = InfoProbe(x, y.numpy(), ("fc1",), lo=None, hi=None)
+    for probe in (on, off):
+        probe.server_model(e, 0, e.model)
+    assert on.records[0]["ixt"] == 0.0 and on.records[0]["ity"] == 0.0  # after the ReLU: all 0, one symbol
+    assert off.records[0]["ixt"] == pytest.approx(np.log2(len(y)))  # before it: every image its own symbol
+    assert on.server_states == [] and len(off.server_states) == 1
+
+
+def test_info_flow_on_a_missing_data_folder_says_what_to_do(tmp_path, capsys):
+    from emfl.__main__ import main
+
+    assert main(["info-flow", "--task", "femnist", "--data-dir", str(tmp_path / "nowhere"), "--rounds", "1",
+                 "--out", str(tmp_path / "x.json")]) == 2
+    assert "--data-dir" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()

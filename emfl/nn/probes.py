@@ -15,7 +15,7 @@ import torch
 from emfl import info
 from emfl.nn.models import state_vector
 
-__all__ = ["InfoProbe", "layer_activations", "local_steps", "info_flow", "probe_points", "averaging_jumps",
+__all__ = ["InfoProbe", "layer_activations", "local_steps", "info_flow", "lenet_info_flow", "probe_points", "averaging_jumps",
            "server_activations", "plot_info_plane", "run_label", "load_info_runs", "period_label"]
 
 
@@ -47,16 +47,21 @@ class InfoProbe:
     probe inputs ``x`` (uint8, as the data set stores them) with labels ``y``: binned (``bins``
     bins over ``[lo, hi]``; ``-1, 1`` suits tanh) for every sampled client's model before averaging
     and for the server's after, and with the noisy-layer upper bound (``noise``) on the first
-    ``kde_points`` probe inputs.  ``records``: one dict per model, layer and probed round;
-    ``server_states``: the server's weights at each probed round (to re-estimate later)."""
+    ``kde_points`` probe inputs.  ``lo = hi = None`` bins each layer over its own range at each
+    probe; layers in ``relu`` are read through a ReLU (a model that applies it as a function, like
+    LeNet-5, has no module for it).  ``records``: one dict per model, layer and probed round;
+    ``server_states``: the server's weights at each probed round (to re-estimate later), kept only
+    with ``keep_weights``."""
 
     def __init__(self, x: torch.Tensor, y, layers, every: int = 1, bins: int = 30, lo: float | None = -1.0,
-                 hi: float | None = 1.0, noise: float = 0.1, kde_points: int = 1000):
+                 hi: float | None = 1.0, noise: float = 0.1, kde_points: int = 1000, relu=(),
+                 keep_weights: bool = True):
         if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
             raise ValueError(f"every must be a whole number >= 1; got {every!r}")
         self.x, self.y = x, np.asarray(y)
         self.layers, self.every = tuple(layers), int(every)
         self.bins, self.lo, self.hi, self.noise, self.kde_points = bins, lo, hi, noise, kde_points
+        self.relu, self.keep_weights = tuple(relu), keep_weights
         self.records: list = []
         self.server_states: list = []  # the server's state vector at each probed round: {round, w}
 
@@ -66,6 +71,8 @@ class InfoProbe:
         x = engine.data.normalize(self.x, engine.device)
         k = min(self.kde_points, len(self.y))
         for name, T in layer_activations(model, x, self.layers).items():
+            if name in self.relu:
+                T = np.maximum(T, 0.0)
             binned = info.binning(T, self.y, self.bins, self.lo, self.hi)
             noisy = info.kde(T[:k], self.y[:k], self.noise)
             self.records.append({"round": rnd, "model": who, "client": s, "layer": name,
@@ -76,8 +83,39 @@ class InfoProbe:
 
     def server_model(self, engine, rnd: int, model) -> None:
         self._probe(engine, rnd, model, "server", None)
-        if rnd % self.every == 0:
+        if self.keep_weights and rnd % self.every == 0:
             self.server_states.append({"round": rnd, "w": state_vector(model).tolist()})
+
+
+def lenet_info_flow(task: str = "femnist", data_dir=None, rounds: int = 50, every: int = 5, max_writers: int = 200,
+                    probe_size: int = 1000, bins: int = 30, noise: float = 1.0, seed: int = 0, progress=None) -> dict:
+    """A short FedAvg run of the paper's LeNet-5 (its protocol: 10 clients a round, one local
+    epoch, server Adam) on real FEMNIST (the first ``max_writers`` writers) or CIFAR-10, with an
+    :class:`InfoProbe` on ``fc1`` (after its ReLU) and ``fc2`` (the logits) over the first
+    ``probe_size`` images of the global test set, binned over each layer's own range.  The
+    weights are not kept (600,000 values a probe)."""
+    from emfl.nn.config import RunConfig
+    from emfl.nn.engine import Engine
+    from emfl.nn.runner import load_task_data
+
+    extra = {"max_writers": max_writers} if task == "femnist" else {"test_split": "disjoint"}
+    cfg = RunConfig(task=task, rounds=rounds, seed=seed, eval_every=every, device="cpu", **extra)
+    data = load_task_data(cfg, data_dir)
+    x, y = data.test_union()
+    probe = InfoProbe(x[:probe_size], y[:probe_size].numpy(), ("fc1", "fc2"), every=every, bins=bins, lo=None,
+                      hi=None, noise=noise, kde_points=probe_size, relu=("fc1",), keep_weights=False)
+    engine = Engine(cfg, data)
+    engine.observers.append(probe)
+    probe.server_model(engine, 0, engine.model)
+    while engine.round < rounds:
+        engine.run_round()
+        if engine.round % every == 0 or engine.round == rounds:
+            record = engine.evaluate()
+            if progress:
+                progress(record)
+    return {"config": {**cfg.to_dict(), "local_steps": "one epoch", "bins": bins, "noise": noise,
+                       "probe_inputs": int(min(probe_size, len(y))), "binning_range": "each layer's own, per probe"},
+            "records": engine.history, "probes": probe.records}
 
 
 def local_steps(n_s: int, batch_size: int, local_epochs: int) -> int:
