@@ -223,7 +223,7 @@ def _info_flow(args) -> int:
         return 2
     write_json_atomic(doc, out)
     last = doc["records"][-1]
-    print(f"info-flow on {args.task}, {doc['config']['local_steps']} local steps a round: round {last['round']}, "
+    print(f"info-flow on {args.task}: round {last['round']}, "
           f"global accuracy {last['global_acc']:.4f}; {len(doc['probes'])} probes in {out}")
     return 0
 
