@@ -15,7 +15,7 @@ import torch
 from emfl import info
 from emfl.nn.models import state_vector
 
-__all__ = ["InfoProbe", "layer_activations", "local_steps", "info_flow", "lenet_info_flow", "probe_points", "averaging_jumps",
+__all__ = ["InfoProbe", "layer_activations", "local_steps", "probed_run", "info_flow", "lenet_info_flow", "probe_points", "averaging_jumps",
            "server_activations", "plot_info_plane", "run_label", "load_info_runs", "period_label"]
 
 
@@ -87,6 +87,23 @@ class InfoProbe:
             self.server_states.append({"round": rnd, "w": state_vector(model).tolist()})
 
 
+def probed_run(config, data, probe: "InfoProbe", progress=None):
+    """Run ``config`` on ``data`` with ``probe`` watching (from the starting model on), evaluating
+    every ``config.eval_every`` rounds and at the end; returns the engine."""
+    from emfl.nn.engine import Engine
+
+    engine = Engine(config, data)
+    engine.observers.append(probe)
+    probe.server_model(engine, 0, engine.model)  # the starting point
+    while engine.round < config.rounds:
+        engine.run_round()
+        if engine.round % config.eval_every == 0 or engine.round == config.rounds:
+            record = engine.evaluate()
+            if progress:
+                progress(record)
+    return engine
+
+
 def lenet_info_flow(task: str = "femnist", data_dir=None, rounds: int = 50, every: int = 5, max_writers: int = 200,
                     probe_size: int = 1000, bins: int = 30, noise: float = 1.0, seed: int = 0, progress=None) -> dict:
     """A short FedAvg run of the paper's LeNet-5 (its protocol: 10 clients a round, one local
@@ -95,7 +112,6 @@ def lenet_info_flow(task: str = "femnist", data_dir=None, rounds: int = 50, ever
     ``probe_size`` images of the global test set, binned over each layer's own range.  The
     weights are not kept (600,000 values a probe)."""
     from emfl.nn.config import RunConfig
-    from emfl.nn.engine import Engine
     from emfl.nn.runner import load_task_data
 
     extra = {"max_writers": max_writers} if task == "femnist" else {"test_split": "disjoint"}
@@ -104,15 +120,7 @@ def lenet_info_flow(task: str = "femnist", data_dir=None, rounds: int = 50, ever
     x, y = data.test_union()
     probe = InfoProbe(x[:probe_size], y[:probe_size].numpy(), ("fc1", "fc2"), every=every, bins=bins, lo=None,
                       hi=None, noise=noise, kde_points=probe_size, relu=("fc1",), keep_weights=False)
-    engine = Engine(cfg, data)
-    engine.observers.append(probe)
-    probe.server_model(engine, 0, engine.model)
-    while engine.round < rounds:
-        engine.run_round()
-        if engine.round % every == 0 or engine.round == rounds:
-            record = engine.evaluate()
-            if progress:
-                progress(record)
+    engine = probed_run(cfg, data, probe, progress)
     return {"config": {**cfg.to_dict(), "local_steps": "one epoch", "bins": bins, "noise": noise,
                        "probe_inputs": int(min(probe_size, len(y))), "binning_range": "each layer's own, per probe"},
             "records": engine.history, "probes": probe.records}
@@ -131,7 +139,6 @@ def info_flow(local_epochs: int = 1, batch_size: int = 32, alpha: float = 1000.0
     ``config``, the evaluated ``records`` and the ``probes``."""
     from emfl.nn.bits import bit_patterns
     from emfl.nn.config import RunConfig
-    from emfl.nn.engine import Engine
     from emfl.nn.runner import load_task_data
 
     cfg = RunConfig(task="bits", model="mlp-tanh", rounds=rounds, seed=seed, num_shards=clients,
@@ -142,15 +149,7 @@ def info_flow(local_epochs: int = 1, batch_size: int = 32, alpha: float = 1000.0
     order = np.random.default_rng(seed).permutation(len(y))  # the KDE's subset: a fixed random one
     probe = InfoProbe(torch.from_numpy(x[order] * 255).view(-1, 1, 1, x.shape[1]), y[order],
                       layers or tuple(f"act{i}" for i in range(1, 6)), every=every, bins=bins, noise=noise)
-    engine = Engine(cfg, data)
-    engine.observers.append(probe)
-    probe.server_model(engine, 0, engine.model)  # the starting point
-    while engine.round < rounds:
-        engine.run_round()
-        if engine.round % every == 0 or engine.round == rounds:
-            record = engine.evaluate()
-            if progress:
-                progress(record)
+    engine = probed_run(cfg, data, probe, progress)
     n_s = int(np.median(data.train_sizes()))
     return {"config": {**cfg.to_dict(), "local_steps": local_steps(n_s, batch_size, local_epochs), "bins": bins,
                        "noise": noise, "probe_inputs": len(y), "input_mean": data.mean, "input_std": data.std},
