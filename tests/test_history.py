@@ -156,3 +156,36 @@ def test_the_reading_that_is_not_the_default_is_named():
     assert history.method_name(_doc("fedsparse", [], lam0=5e-5, sparse_reg=other)) == f"FedSparse high, {other}"
     # histories from before the setting existed used the batch scale
     assert history.method_name(_doc("fedsparse", [], lam0=5e-5)) == "FedSparse high, batch"
+
+
+def _bytes_rec(rnd, down, up):
+    return {"round": rnd, "global_acc": 0.5, "local_acc": 0.5, "bytes_down": down, "bytes_up": up,
+            "cum_gib": (down + up) / 2 ** 30}
+
+
+def test_communication_extrapolates_exactly_once_each_round_sends_the_same():
+    # 100 rounds a record; from round 100 on each round sends 3 MiB down and 1 MiB up
+    recs = [_bytes_rec(100, 500 * 2 ** 20, 200 * 2 ** 20)]
+    for k in range(1, 4):
+        recs.append(_bytes_rec(100 + 100 * k, (500 + 300 * k) * 2 ** 20, (200 + 100 * k) * 2 ** 20))
+    doc = _doc("fedavg", recs)
+    gib, spread = history.extrapolate_gib(doc, 6000)
+    assert spread == 0.0
+    assert gib == (1900 + 4 * (6000 - 400)) / 1024  # 1,400 + 500 MiB by round 400, then 4 MiB a round
+    assert history.extrapolate_gib(doc, 300) == (recs[2]["cum_gib"], 0.0)  # reached: read, not extrapolated
+    recs[-1] = _bytes_rec(400, 1500 * 2 ** 20, 500 * 2 ** 20)  # the last interval sends 5 MiB a round
+    gib, spread = history.extrapolate_gib(_doc("fedavg", recs), 500)
+    assert spread == pytest.approx((5 - 4) / (13 / 3))  # rates 4, 4, 5 MiB: mean 13/3
+    assert gib == pytest.approx((2000 + 13 / 3 * 100) / 1024)  # 2,000 MiB by round 400, then the mean rate
+    with pytest.raises(ValueError, match="need 4 evaluated rounds"):
+        history.extrapolate_gib(_doc("fedavg", recs[:2]), 500)
+
+
+def test_the_seed_spread_by_hand_and_runs_that_differ_in_more_than_the_seed():
+    docs = [_doc("fedavg", [_rec(200, g, 0.8, 1.0)], seed=s) for s, g in ((0, 0.60), (1, 0.58), (2, 0.65))]
+    spread = history.seed_spread(docs, 200)
+    assert spread["min"] == 0.58 and spread["max"] == 0.65 and spread["n"] == 3 and spread["seeds"] == [0, 1, 2]
+    assert spread["mean"] == pytest.approx(0.61)
+    with pytest.raises(ValueError, match="differ in lam0"):
+        history.seed_spread([_doc("fedsparse", [_rec(200, 0.5, 0.8, 1.0)], lam0=5e-6, seed=0),
+                             _doc("fedsparse", [_rec(200, 0.5, 0.8, 1.0)], lam0=5e-5, seed=1)], 200)

@@ -273,3 +273,41 @@ def plot_lam0_study(ax, rows: list, title: str = ""):
     if title:
         ax.set_title(title)
     ax.legend(fontsize=8)
+
+
+def extrapolate_gib(doc: dict, rnd: int, window: int = 3) -> tuple:
+    """``(gib, spread)``: the GiB communicated (up + down) by round ``rnd`` if every round after the
+    run's last sends what a round sent, on average, over its last ``window`` evaluation intervals;
+    ``spread`` is the relative range of those intervals' per-round bytes.  With ``spread == 0``
+    (FedAvg and FedDrop always, FedSparse once no client's gates differ from the server's any
+    more) the extrapolation is exact.  Rounds the run reached are read, not extrapolated."""
+    records = doc["records"]
+    if records and rnd <= records[-1]["round"]:
+        return record_at(doc, rnd)["cum_gib"], 0.0
+    if len(records) < window + 1:
+        raise ValueError(f"need {window + 1} evaluated rounds to extrapolate; the run has {len(records)}")
+    rates = []
+    for a, b in zip(records[-window - 1:-1], records[-window:]):
+        sent = (b["bytes_down"] + b["bytes_up"]) - (a["bytes_down"] + a["bytes_up"])
+        rates.append(sent / (b["round"] - a["round"]))
+    rate = float(np.mean(rates))
+    last = records[-1]
+    gib = last["cum_gib"] + rate * (rnd - last["round"]) / 2 ** 30
+    return gib, (max(rates) - min(rates)) / rate if rate else 0.0
+
+
+def seed_spread(docs: list, rnd: int, metric: str = "global_acc") -> dict:
+    """``metric`` at round ``rnd`` over runs that differ only in their seed: ``mean``, ``min``,
+    ``max``, ``n`` and the ``seeds``; a clear error if the runs differ in anything else."""
+    if not docs:
+        raise ValueError("no runs given")
+    keep = {k: v for k, v in docs[0]["config"].items() if k not in ("seed", "rounds", "checkpoint_every", "device",
+                                                                     "client_batching", "client_compute", "eval_every")}
+    for doc in docs[1:]:
+        other = {k: doc["config"].get(k) for k in keep}
+        if other != keep:
+            diff = sorted(k for k in keep if other[k] != keep[k])
+            raise ValueError(f"the runs differ in {', '.join(diff)}, not only in the seed")
+    values = np.array([record_at(doc, rnd)[metric] for doc in docs], dtype=float)
+    return {"mean": float(values.mean()), "min": float(values.min()), "max": float(values.max()), "n": len(docs),
+            "seeds": [doc["config"]["seed"] for doc in docs]}
