@@ -52,6 +52,7 @@ def _explicit(argv, parser) -> set:
 
 
 def _run(args) -> int:
+    from emfl.flower import FlowerError
     from emfl.nn.config import GENERIC_FIELDS, make_config
     from emfl.nn.data import DataError
     from emfl.nn.engine import Diverged
@@ -66,8 +67,11 @@ def _run(args) -> int:
         ckpt = checkpoint_path(args.out, args.checkpoint_dir)
         if args.resume and not ckpt.exists() and not Path(args.out).exists():
             print(f"no checkpoint {ckpt} yet: starting from round 0", file=sys.stderr)
-        doc = run(config, args.out, data_dir=args.data_dir, resume=args.resume, download=args.download,
-                  progress=not args.quiet, checkpoint_dir=args.checkpoint_dir)
+        if args.command == "flower":
+            doc = _flower(config, args)
+        else:
+            doc = run(config, args.out, data_dir=args.data_dir, resume=args.resume, download=args.download,
+                      progress=not args.quiet, checkpoint_dir=args.checkpoint_dir)
     except Interrupted as err:
         print(str(err), file=sys.stderr)
         return 130
@@ -75,7 +79,7 @@ def _run(args) -> int:
         print(f"interrupted; what finished is in {args.out} and its checkpoint: continue with --resume",
               file=sys.stderr)
         return 130
-    except (ValueError, DataError, RunError, Diverged) as err:
+    except (ValueError, DataError, RunError, Diverged, FlowerError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2 if not isinstance(err, Diverged) else 3
     last = doc["records"][-1] if doc["records"] else {}
@@ -83,6 +87,24 @@ def _run(args) -> int:
           f"{last.get('global_acc', float('nan')):.4f}, local accuracy {last.get('local_acc', float('nan')):.4f}, "
           f"{last.get('cum_gib', 0):.3f} GiB communicated; history in {args.out}")
     return 0
+
+
+def _flower(config, args) -> dict:
+    """``emfl flower``: the run on Flower (deployment, or the simulation with --simulation)."""
+    from emfl.flower import FlowerError, require_flower
+
+    require_flower()
+    if args.download:
+        raise FlowerError("--download is for `emfl run`; download the data once with it, then pass --data-dir")
+    common = dict(supernodes=args.supernodes, data_dir=args.data_dir, resume=args.resume,
+                  checkpoint_dir=args.checkpoint_dir, round_timeout=args.round_timeout)
+    if args.simulation:
+        from emfl.flower.apps import simulate
+
+        return simulate(config, args.out, threads_per_node=args.threads, **common)
+    from emfl.flower.deploy import deploy
+
+    return deploy(config, args.out, port=args.port, threads=args.threads, keep_logs=args.keep_logs, **common)
 
 
 def _algorithm_settings() -> dict:
@@ -102,16 +124,38 @@ def _algorithm_settings() -> dict:
     return {name: (default, "; ".join(texts), choices) for name, (default, texts, choices) in found.items()}
 
 
-def _add_run_parser(sub):
+def _add_run_parser(sub, name="run"):
     from emfl.nn.algorithms import ALGORITHMS, PRESETS
     from emfl.nn.config import TASKS, RunConfig
     from emfl.nn.models import MODELS
 
     d = RunConfig()
+    if name == "flower":
+        p = sub.add_parser("flower", help="the same run on Flower: a SuperLink and SuperNodes on this machine "
+                                          "(or Flower's simulation)", allow_abbrev=False,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                           description="Every flag of `emfl run`; the clients train in Flower SuperNodes "
+                                       "(emfl.flower). Needs the extra: pip install -e '.[flower]'.")
+        p.add_argument("--supernodes", type=int, default=2, help="SuperNodes (client s is served by node s mod N)")
+        p.add_argument("--simulation", action="store_true",
+                       help="Flower's simulation (Ray) in this process instead of a SuperLink and SuperNodes")
+        p.add_argument("--port", type=int, default=0, help="the SuperLink's port on 127.0.0.1 (0: a free one)")
+        p.add_argument("--round-timeout", dest="round_timeout", type=float, default=600,
+                       help="seconds the server waits for a round's replies")
+        p.add_argument("--threads", type=int, default=1, help="torch threads per SuperNode")
+        p.add_argument("--keep-logs", dest="keep_logs", action="store_true",
+                       help="keep the Flower logs (a temporary folder, printed) after a good run too")
+        _run_flags(p, d, ALGORITHMS, PRESETS, TASKS, MODELS)
+        return
     p = sub.add_parser("run", help="a federated training run on CIFAR-10 or FEMNIST", allow_abbrev=False,
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Train with the EM paper's protocol; see emfl.nn.engine. Ctrl-C (or SIGTERM) "
                                    "ends the current round, saves it and exits with 130; --resume continues.")
+    _run_flags(p, d, ALGORITHMS, PRESETS, TASKS, MODELS)
+
+
+def _run_flags(p, d, ALGORITHMS, PRESETS, TASKS, MODELS):
+    """The flags of ``emfl run`` (shared by ``emfl flower``)."""
     p.add_argument("--task", choices=list(TASKS), default=d.task, help="data set")
     presets = "; ".join(f"{name} ({', '.join(f'{k} = {v}' for k, v in fixed.items())})"
                         for name, fixed in PRESETS.items())
@@ -232,6 +276,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="emfl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run_parser(sub)
+    _add_run_parser(sub, "flower")
     conv = sub.add_parser("femnist-npz", help="convert LEAF's FEMNIST json into the compact npz")
     conv.add_argument("leaf_folder", help="folder with all_data/*.json (or train/ and test/)")
     conv.add_argument("out", help="the .npz to write, e.g. DATA/femnist_leaf_by_writer.npz")

@@ -145,3 +145,17 @@ def test_nbval_markers_are_cell_tags_not_student_text():
             assert "NBVAL" not in cell.source and "TINY" not in cell.source, path.name
             tagged += "nbval-ignore-output" in cell.metadata.get("tags", [])
     assert tagged >= 10  # the widget panels, their timings, float32 training printouts
+
+
+def test_flower_stays_an_optional_extra():
+    """emfl, its engine, runner and command line never import flwr; only emfl.flower.apps does."""
+    import subprocess
+    import sys
+
+    code = ("import sys, emfl, emfl.nn.engine, emfl.nn.runner, emfl.nn.wire, emfl.flower, emfl.__main__; "
+            "print('flwr' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "False"
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(r.startswith("flwr") for r in extras["flower"])
+    assert "'.[test,flower]'" in (ROOT / "dev").read_text()  # the test command installs it

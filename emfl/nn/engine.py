@@ -37,7 +37,7 @@ from emfl.nn.algorithms.base import batched_client_updates
 from emfl.nn.config import TASKS, RunConfig, make_config
 from emfl.nn.models import load_state_vector, make_model, state_tensors, state_vector
 
-__all__ = ["Engine", "ClientJob", "Diverged", "RunConfig", "make_config", "ALGORITHMS", "PRESETS", "TASKS",
+__all__ = ["Engine", "ClientJob", "RoundPlan", "Diverged", "RunConfig", "make_config", "ALGORITHMS", "PRESETS", "TASKS",
            "state_vector", "load_state_vector", "state_tensors", "sample_clients", "local_model_ages",
            "resolve_device", "GIB"]
 
@@ -94,6 +94,23 @@ class ClientJob:
     def generator(self, stream: str) -> torch.Generator:
         """A CPU generator for one more random stream of this client in this round."""
         return torch.Generator().manual_seed(_seed(self.seed, stream, self.rnd, self.s))
+
+
+@dataclass
+class RoundPlan:
+    """A round between :meth:`Engine.begin_round` and :meth:`Engine.end_round`: round ``rnd``
+    (0-based), its clients, the server state and message, each client's job and message, and the
+    replies received so far."""
+
+    rnd: int
+    clients: np.ndarray
+    state: dict
+    down: Any
+    jobs: list
+    msgs: list
+    start: float
+    results: list = field(default_factory=list)
+    kept: dict = field(default_factory=dict)
 
 
 class Engine:
@@ -187,43 +204,64 @@ class Engine:
 
     # ------------------------------------------------------------------ a round
     def run_round(self) -> dict:
-        """One round: sample, send, train the clients, the M-step.  Raises :class:`Diverged`."""
+        """One round: sample, send, train the clients, the M-step.  Raises :class:`Diverged`.
+
+        The clients train here, in this process; :meth:`begin_round`, :meth:`receive` and
+        :meth:`end_round` are the server's side alone, for a loop whose clients are elsewhere
+        (:mod:`emfl.flower`)."""
+        algo = self.algorithm
+        plan = self.begin_round()
+        if self.uses_vmap(plan.clients):
+            updates = batched_client_updates(algo, self, plan.msgs, plan.jobs)
+        else:
+            updates = ((job, msg, algo.client_update(msg, job)) for job, msg in zip(plan.jobs, plan.msgs))
+        for job, msg, result in updates:
+            # the client's local model, as it was sent (run.model holds it now)
+            acc = self.accuracy(self.model, self.data.test_x[job.s], self.data.test_y[job.s])
+            watched = time.perf_counter()
+            for o in self.observers:
+                o.client_model(self, plan.rnd + 1, int(job.s), self.model)
+            plan.start += time.perf_counter() - watched  # observing is not training
+            self.receive(plan, job, msg, result, acc)
+        return self.end_round(plan)
+
+    def begin_round(self) -> "RoundPlan":
+        """The server's first half of a round: sample the clients, build their jobs and the
+        messages they receive."""
         algo, rnd = self.algorithm, self.round
         start = time.perf_counter()
         clients = self.sample_clients(rnd)
         state, down = algo.server_message(self.server)
         jobs = [ClientJob(self.config.seed, rnd, s, self.memory.get(int(s))) for s in clients]
         msgs = [algo.message_to(down, job) for job in jobs]
-        if self.uses_vmap(clients):
-            updates = batched_client_updates(algo, self, msgs, jobs)
-        else:
-            updates = ((job, msg, algo.client_update(msg, job)) for job, msg in zip(jobs, msgs))
-        results, kept = [], {}
-        for job, msg, result in updates:
-            # the client's local model, as it was sent (run.model holds it now)
-            self.local_acc[job.s] = self.accuracy(self.model, self.data.test_x[job.s], self.data.test_y[job.s])
-            watched = time.perf_counter()
-            for o in self.observers:
-                o.client_model(self, rnd + 1, int(job.s), self.model)
-            start += time.perf_counter() - watched  # observing is not training
-            if result.memory is not None:
-                kept[job.s] = result.memory
-            self.bytes_down += msg.nbytes
-            self.bytes_up += result.up.nbytes
-            results.append(result)
-        state, info = algo.m_step(state, down, results)
+        return RoundPlan(rnd, clients, state, down, jobs, msgs, start)
+
+    def receive(self, plan: "RoundPlan", job: ClientJob, msg, result, local_acc: float) -> None:
+        """Client ``job.s``'s reply: its result, the accuracy of its local model on its own test
+        set, the bytes down (``msg``) and up (``result.up``)."""
+        self.local_acc[job.s] = local_acc
+        if result.memory is not None:
+            plan.kept[job.s] = result.memory
+        self.bytes_down += msg.nbytes
+        self.bytes_up += result.up.nbytes
+        plan.results.append(result)
+
+    def end_round(self, plan: "RoundPlan") -> dict:
+        """The M-step from the replies received, in the order the clients were sampled."""
+        algo = self.algorithm
+        state, info = algo.m_step(plan.state, plan.down, plan.results)
         if not all(torch.isfinite(v).all() for v in state.values() if isinstance(v, torch.Tensor)):
-            raise Diverged(f"round {rnd + 1}: the server weights are no longer finite (NaN or inf); "
+            raise Diverged(f"round {plan.rnd + 1}: the server weights are no longer finite (NaN or inf); "
                            "lower --client-lr or --server-lr")
         self.server = state
-        self.memory.update(kept)
-        self.round = rnd + 1
-        self.seconds += time.perf_counter() - start
+        self.memory.update(plan.kept)
+        self.round = plan.rnd + 1
+        self.seconds += time.perf_counter() - plan.start
         if self.observers:
             load_state_vector(self.eval_model, algo.server_model(self.server))
             for o in self.observers:
                 o.server_model(self, self.round, self.eval_model)
-        return {"round": self.round, "train_loss": float(np.mean([r.loss for r in results])), **info}
+        return {"round": self.round, "train_loss": float(np.mean([r.loss for r in plan.results])), **info}
 
     # ------------------------------------------------------------------ metrics
     @torch.no_grad()

@@ -108,10 +108,13 @@ def _hardware(engine: Engine) -> dict:
     return hw
 
 
-def _document(engine: Engine, complete: bool) -> dict:
+def _document(engine: Engine, complete: bool, transport: dict | None = None) -> dict:
     info = {k: v for k, v in engine.data.info.items() if k != "q"}
-    return {"config": engine.config.to_dict(), "model_parameters": engine.d, "hardware": _hardware(engine),
-            "data": info, "complete": complete, "records": engine.history}
+    doc = {"config": engine.config.to_dict(), "model_parameters": engine.d, "hardware": _hardware(engine),
+           "data": info, "complete": complete, "records": engine.history}
+    if transport is not None:
+        doc["transport"] = dict(transport)
+    return doc
 
 
 class Interrupted(RuntimeError):
@@ -163,14 +166,18 @@ def _load_checkpoint(ckpt: Path) -> dict:
 
 
 def run(config: RunConfig, out, data_dir=None, resume: bool = False, download: bool = False,
-        data=None, progress: bool = True, checkpoint_dir=None) -> dict:
+        data=None, progress: bool = True, checkpoint_dir=None, round_fn=None, transport=None) -> dict:
     """Run (or, with ``resume``, continue) a federated training run; returns the JSON document.
 
     The checkpoint is written every ``checkpoint_every`` rounds, at every evaluation and at the
     end, always before the JSON history, so the history is never ahead of the checkpoint (and a
     resume rewrites it from the checkpoint's own copy).  SIGINT or SIGTERM end the current round,
     write both and raise :class:`Interrupted`.  ``checkpoint_dir``: see :func:`checkpoint_path`; a
-    checkpoint an earlier version left beside the history (``OUT.ckpt``) is moved there on resume."""
+    checkpoint an earlier version left beside the history (``OUT.ckpt``) is moved there on resume.
+
+    ``round_fn(engine) -> info`` runs one round (default ``engine.run_round()``; :mod:`emfl.flower`
+    sends the clients' work over Flower); ``transport``, a dict saying how the clients were
+    reached, is kept in the JSON document."""
     out = Path(out)
     if out.suffix != ".json":
         raise RunError(f"--out must name a .json file; got {out}")
@@ -204,12 +211,13 @@ def run(config: RunConfig, out, data_dir=None, resume: bool = False, download: b
 
     def save(complete: bool):
         atomic_save(engine.state_dict(), ckpt)  # first the checkpoint, then the history
-        write_json_atomic(_document(engine, complete), out)
+        write_json_atomic(_document(engine, complete, transport), out)
 
     if state is None or engine.round >= config.rounds:
         save(complete=engine.round >= config.rounds)  # both files exist from the start
         if engine.round >= config.rounds:
-            return _document(engine, complete=True)
+            return _document(engine, complete=True, transport=transport)
+    step = round_fn if round_fn is not None else Engine.run_round
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -219,7 +227,7 @@ def run(config: RunConfig, out, data_dir=None, resume: bool = False, download: b
         with _StopRequests() as stop:
             while engine.round < config.rounds:
                 try:
-                    info = engine.run_round()
+                    info = step(engine)
                 except Diverged as err:
                     last = _load_checkpoint(ckpt)["round"]
                     raise Diverged(f"{err}; the last good checkpoint (round {last}) is {ckpt}; "
@@ -240,7 +248,7 @@ def run(config: RunConfig, out, data_dir=None, resume: bool = False, download: b
     finally:
         if bar is not None:
             bar.close()
-    return _document(engine, complete=True)
+    return _document(engine, complete=True, transport=transport)
 
 
 __all__ += ["DataError", "Diverged", "Interrupted"]

@@ -1,0 +1,51 @@
+"""emfl's algorithms on Flower (``flwr`` 1.4x, the Message API): the same algorithm modules, run
+by Flower's simulation or by its deployment runtime (a SuperLink and SuperNodes).
+
+What maps to what:
+
+* the **server** of an algorithm (``server_message``, ``message_to``, ``m_step``) runs in a Flower
+  ``ServerApp`` (:func:`emfl.flower.apps.make_server_app`): an :class:`~emfl.nn.engine.Engine`
+  without clients (:meth:`~emfl.nn.engine.Engine.begin_round` and
+  :meth:`~emfl.nn.engine.Engine.end_round`) inside the runner's loop, so that checkpoints,
+  ``--resume`` and the run JSON are those of ``python -m emfl run``;
+* the **client** (``client_update``) runs in a Flower ``ClientApp``
+  (:func:`emfl.flower.apps.make_client_app`), on the same data partition, with the same random
+  streams (seeded by run seed, round and client) and its memory (SCAFFOLD's control variate) in
+  the node's ``context.state``;
+* every **message** travels as one ``bytes`` value in a ``ConfigRecord``, encoded by
+  :mod:`emfl.nn.wire`: exactly the ``nbytes`` the engine counts (a sparse message stays sparse);
+  its form (kind and lengths), the round, the client's index and the diagnostics a real server
+  would not need (loss, local accuracy) travel beside it;
+* client ``s`` of the data set is served by SuperNode ``s mod N`` (the nodes in the order of
+  their ids), so that a few SuperNodes play the paper's 100 or 3,597 clients.
+
+:func:`simulate` runs Flower's simulation in this process; :mod:`emfl.flower.deploy` starts a
+SuperLink and SuperNodes on 127.0.0.1 and submits the run with ``flwr run``.  ``flwr`` is an
+optional extra: ``pip install -e '.[flower]'``; the rest of emfl never imports it.  FedSpa has no
+wire form yet (its reply carries a new personal mask the message does not hold).
+"""
+
+from __future__ import annotations
+
+__all__ = ["require_flower", "simulate", "FlowerError"]
+
+
+class FlowerError(RuntimeError):
+    """A Flower run that cannot start or go on; the message says what to do."""
+
+
+def require_flower():
+    """Import ``flwr``, or say how to install it."""
+    try:
+        import flwr  # noqa: F401
+    except ImportError:
+        raise FlowerError("Flower is not installed: pip install -e '.[flower]' (or pip install 'flwr[simulation]>=1.40,<2')") from None
+    return flwr
+
+
+def simulate(config, out, supernodes: int = 2, data=None, data_dir=None, **kw) -> dict:
+    """Run ``config`` under Flower's simulation with ``supernodes`` virtual SuperNodes; see
+    :func:`emfl.flower.apps.simulate`."""
+    from emfl.flower.apps import simulate as _simulate
+
+    return _simulate(config, out, supernodes=supernodes, data=data, data_dir=data_dir, **kw)

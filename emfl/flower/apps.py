@@ -1,0 +1,294 @@
+"""The Flower apps: a ``ServerApp`` that runs an algorithm's server, a ``ClientApp`` that runs its
+clients, and :func:`simulate`.  See :mod:`emfl.flower` for what maps to what.
+
+A run is described by its *settings* (a JSON-able dict): ``config`` (``RunConfig.to_dict()``),
+``out``, ``data_dir``, ``resume``, ``checkpoint_dir``, ``supernodes`` (how many nodes the server
+waits for) and ``round_timeout`` (seconds the server waits for a round's replies).  The simulation
+hands them to the apps directly; a deployment passes the path of a settings file in Flower's run
+config (``emfl-settings``), which the module-level ``server_app`` and ``client_app`` read.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import torch
+
+from emfl.flower import FlowerError, require_flower
+from emfl.nn import wire
+from emfl.nn.algorithms.base import ClientResult
+from emfl.nn.config import RunConfig
+from emfl.nn.engine import ClientJob, Engine
+from emfl.nn.messages import Dense
+
+require_flower()
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict  # noqa: E402
+from flwr.clientapp import ClientApp  # noqa: E402
+from flwr.serverapp import Grid, ServerApp  # noqa: E402
+
+__all__ = ["make_client_app", "make_server_app", "simulate", "FlowerRounds", "client_app", "server_app",
+           "SETTINGS_KEY", "TRAIN", "node_for"]
+
+SETTINGS_KEY = "emfl-settings"  # run-config key: the path of the settings file (deployment)
+TRAIN = "train"  # the Flower message type of a round's work
+RECORD = "emfl"  # the ConfigRecord that carries a message
+
+
+def node_for(s: int, nodes: list) -> int:
+    """The node that serves client ``s``: ``nodes`` sorted by id, client ``s`` on node ``s mod N``."""
+    return sorted(nodes)[int(s) % len(nodes)]
+
+
+def _config(settings: dict) -> RunConfig:
+    return RunConfig(**settings["config"])
+
+
+# --------------------------------------------------------------------------- the client
+
+
+_RUNTIMES: dict = {}  # settings -> Engine: one model, algorithm and data set per client process
+_LOCK = threading.Lock()
+
+
+def _client_runtime(settings: dict, data=None) -> Engine:
+    """The client side of a run in this process (built once): an Engine whose model and algorithm
+    the clients use; its server half stays idle."""
+    key = json.dumps({"config": settings["config"], "data_dir": settings.get("data_dir")}, sort_keys=True)
+    with _LOCK:
+        if key not in _RUNTIMES:
+            config = _config(settings)
+            if settings.get("threads"):
+                torch.set_num_threads(int(settings["threads"]))
+            if data is None:
+                from emfl.nn.runner import load_task_data
+
+                data = load_task_data(config, settings.get("data_dir"))
+            _RUNTIMES[key] = Engine(config, data)
+        return _RUNTIMES[key]
+
+
+def _floats(t: torch.Tensor) -> bytes:
+    return t.detach().cpu().numpy().astype("<f4").tobytes()
+
+
+def client_train(settings: dict, msg: Message, context: Context, data=None) -> Message:
+    """One client's part of a round: decode the server's message, the algorithm's
+    ``client_update``, local accuracy, encode the reply.  Client ``s``'s memory lives in the
+    node's ``context.state``."""
+    engine = _client_runtime(settings, data)
+    algo = engine.algorithm
+    rec = msg.content[RECORD]
+    s, rnd = int(rec["client"]), int(rec["round"])
+    key = f"emfl-memory-{s}"
+    memory = context.state[key].to_torch_state_dict()["m"] if key in context.state else None
+    job = ClientJob(engine.config.seed, rnd, s, memory)
+    form = json.loads(rec["form"])
+    units = None
+    if "submodel" in rec["form"]:  # the kept units, drawn from the seed both ends hold (FedDrop)
+        units = algo.message_to(Dense(torch.zeros(engine.d)), job).units
+    down = wire.decode(form, rec["payload"], getattr(algo, "layout", None), units, device=engine.device)
+    with _LOCK:  # one client at a time per process: they share the model
+        result = algo.client_update(down, job)
+        acc = engine.accuracy(engine.model, engine.data.test_x[s], engine.data.test_y[s])
+        if result.memory is not None:
+            context.state[key] = ArrayRecord({"m": result.memory.detach().cpu()})
+        up_form, payload = wire.encode(result.up)
+    reply = {"client": s, "round": rnd, "form": json.dumps(up_form), "payload": payload,
+             "loss": float(result.loss), "local_acc": float(acc)}
+    if result.stats is not None:  # diagnostics for the record, not the algorithm's message
+        reply["stats"] = _floats(result.stats)
+    return Message(content=RecordDict({RECORD: ConfigRecord(reply)}), reply_to=msg)
+
+
+def make_client_app(settings: dict | None = None, data=None) -> ClientApp:
+    """The ClientApp; ``settings`` (and ``data``, for generated data sets) given, or read from
+    the run config's settings file (deployment)."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context):
+        return client_train(settings or _settings_from(context), msg, context, data)
+
+    return app
+
+
+# --------------------------------------------------------------------------- the server
+
+
+class FlowerRounds:
+    """``round_fn`` for :func:`emfl.nn.runner.run`: the server's half of each round here, the
+    clients' over Flower's ``grid``.  ``transport`` holds the payload bytes that actually went
+    out and came back (they equal the engine's counts, checked every message).  The first round
+    waits at most ``first_timeout`` seconds (the nodes' start-up), the others ``timeout``."""
+
+    def __init__(self, grid: Grid, nodes: list, timeout: float, transport: dict, first_timeout: float = 300,
+                 cancel: threading.Event | None = None):
+        self.grid, self.nodes, self.timeout, self.transport = grid, sorted(nodes), timeout, transport
+        self.cancel = cancel  # set when the simulation runtime has stopped: waiting is pointless
+        self.first_timeout, self.first = min(first_timeout, timeout), True
+        transport.setdefault("wire_bytes_down", 0)
+        transport.setdefault("wire_bytes_up", 0)
+
+    def __call__(self, engine: Engine) -> dict:
+        algo = engine.algorithm
+        plan = engine.begin_round()
+        out = []
+        for job, msg in zip(plan.jobs, plan.msgs):
+            form, payload = wire.encode(msg)
+            self.transport["wire_bytes_down"] += len(payload)
+            rec = ConfigRecord({"client": int(job.s), "round": int(job.rnd), "form": json.dumps(form), "payload": payload})
+            out.append(Message(content=RecordDict({RECORD: rec}), dst_node_id=node_for(job.s, self.nodes),
+                               message_type=TRAIN))
+        timeout = self.first_timeout if self.first else self.timeout
+        replies = {}
+        for reply in self.exchange(out, timeout):
+            if reply.has_error():
+                raise FlowerError(f"round {plan.rnd + 1}: a client failed on node {reply.metadata.src_node_id}: "
+                                  f"{reply.error.reason}")
+            rec = reply.content[RECORD]
+            replies[int(rec["client"])] = rec
+        missing = [int(s) for s in plan.clients if int(s) not in replies]
+        if missing:
+            err = FlowerError(f"round {plan.rnd + 1}: no reply from client(s) {missing} (nodes "
+                              f"{sorted({node_for(s, self.nodes) for s in missing})}) within {timeout:g} s: "
+                              "a SuperNode stopped or is too slow; the run continues from its checkpoint with --resume")
+            err.startup = self.first  # nothing came back yet: the nodes never started
+            raise err
+        self.first = False
+        for job, msg in zip(plan.jobs, plan.msgs):
+            rec = replies[int(job.s)]
+            self.transport["wire_bytes_up"] += len(rec["payload"])
+            up = wire.decode(json.loads(rec["form"]), rec["payload"], getattr(algo, "layout", None),
+                             getattr(msg, "units", None), base=getattr(msg, "values", None), device=engine.device)
+            stats = (torch.from_numpy(np.frombuffer(rec["stats"], dtype="<f4").copy()).to(engine.device)
+                     if "stats" in rec else None)
+            engine.receive(plan, job, msg, ClientResult(up, float(rec["loss"]), None, stats), float(rec["local_acc"]))
+        return engine.end_round(plan)
+
+    def exchange(self, messages: list, timeout: float) -> list:
+        """Send ``messages`` and collect their replies for at most ``timeout`` seconds (Grid's
+        ``send_and_receive``, stopping early when ``cancel`` is set)."""
+        pending = set(self.grid.push_messages(messages))
+        end, got = time.monotonic() + timeout, []
+        while pending and time.monotonic() < end:
+            if self.cancel is not None and self.cancel.is_set():
+                raise FlowerError("the simulation runtime stopped while the server waited for replies")
+            replies = list(self.grid.pull_messages(pending))
+            got.extend(replies)
+            pending.difference_update(r.metadata.reply_to_message_id for r in replies)
+            if pending:
+                time.sleep(0.1)  # Flower's own HTTP grid polls every 3 s
+        return got
+
+
+def wait_for_nodes(grid: Grid, n: int, timeout: float) -> list:
+    """The ids of ``n`` connected nodes, waiting up to ``timeout`` seconds for them."""
+    end = time.monotonic() + timeout
+    while True:
+        nodes = list(grid.get_node_ids())
+        if len(nodes) >= n:
+            return sorted(nodes)[:n]
+        if time.monotonic() > end:
+            raise FlowerError(f"only {len(nodes)} of {n} SuperNodes connected within {timeout:g} s")
+        time.sleep(0.5)
+
+
+def server_main(settings: dict, grid: Grid, data=None, mode: str = "deployment", cancel=None) -> dict:
+    """The server's side of a run: the runner's loop (checkpoints, resume, the JSON history) with
+    the clients reached over ``grid``."""
+    from emfl.nn.runner import run
+
+    config = _config(settings)
+    nodes = wait_for_nodes(grid, int(settings.get("supernodes", 1)), float(settings.get("connect_timeout", 120)))
+    transport = {"name": "flower", "mode": mode, "supernodes": len(nodes)}
+    rounds = FlowerRounds(grid, nodes, float(settings.get("round_timeout", 600)), transport,
+                          float(settings.get("first_timeout", 300)), cancel)
+    return run(config, settings["out"], data_dir=settings.get("data_dir"), resume=bool(settings.get("resume")),
+               data=data, progress=False, checkpoint_dir=settings.get("checkpoint_dir"), round_fn=rounds,
+               transport=transport)
+
+
+def make_server_app(settings: dict | None = None, data=None, errors: list | None = None,
+                    mode: str = "deployment", cancel: threading.Event | None = None) -> ServerApp:
+    """The ServerApp; an exception it raises is appended to ``errors`` (the simulation re-raises
+    it) and raised again."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        try:
+            server_main(settings or _settings_from(context), grid, data, mode, cancel)
+        except BaseException as err:
+            if errors is not None:
+                errors.append(err)
+            raise
+
+    return app
+
+
+def _settings_from(context: Context) -> dict:
+    path = context.run_config.get(SETTINGS_KEY)
+    if not path:
+        raise FlowerError(f"the run config has no '{SETTINGS_KEY}' (the path of an emfl settings file); "
+                          "start runs with `python -m emfl flower`")
+    with open(path) as f:
+        return json.load(f)
+
+
+# the apps a deployment names in its pyproject.toml (emfl.flower.apps:server_app, :client_app)
+server_app = make_server_app()
+client_app = make_client_app()
+
+
+# --------------------------------------------------------------------------- the simulation
+
+
+def simulate(config: RunConfig, out, supernodes: int = 2, data=None, data_dir=None, resume: bool = False,
+             checkpoint_dir=None, round_timeout: float = 600, threads_per_node: int = 1) -> dict:
+    """``config`` under Flower's simulation (the Ray backend) with ``supernodes`` virtual
+    SuperNodes, writing the run JSON ``out`` as ``python -m emfl run`` does; returns it.  ``data``:
+    a data set in memory (generated data), else the task's data from ``data_dir``.  When Ray itself
+    fails to start (its raylet waits a fixed 15 s for its agents, which a loaded machine can
+    exceed: Ray issue #65983), the simulation is started again, three tries in all, continuing
+    from the checkpoint."""
+    import os
+
+    from flwr.simulation import run_simulation
+
+    settings = {"config": config.to_dict(), "out": str(out), "data_dir": data_dir, "resume": resume,
+                "checkpoint_dir": checkpoint_dir, "supernodes": supernodes, "round_timeout": round_timeout,
+                "threads": threads_per_node}
+    cpus = max(1, min(supernodes * threads_per_node, os.cpu_count() or 1))
+    for attempt in (1, 2, 3):
+        errors: list = []
+        crash, cancel = None, threading.Event()
+        try:
+            run_simulation(server_app=make_server_app(settings, data, errors, "simulation", cancel),
+                           client_app=make_client_app(settings, data), num_supernodes=supernodes,
+                           backend_config={"client_resources": {"num_cpus": threads_per_node, "num_gpus": 0.0},
+                                           "init_args": {"num_cpus": cpus, "include_dashboard": False}})
+        except RuntimeError as err:  # the simulation runtime itself (Ray) failed
+            crash = err
+        finally:
+            cancel.set()  # a server still waiting for replies stops
+        err = errors[0] if errors else crash
+        if err is None:
+            break
+        if attempt < 3 and ((crash is not None and not errors) or getattr(err, "startup", False)):
+            # Ray's workers failed to start (on a loaded machine its raylet gives its agents 15 s):
+            # again (three tries in all), continuing from the checkpoint if the server wrote one
+            import warnings
+
+            warnings.warn(f"Flower's simulation runtime failed to start ({err}); trying again")
+            settings["resume"] = True
+            continue
+        raise err
+    with open(out) as f:
+        doc = json.load(f)
+    if not doc.get("complete"):
+        raise FlowerError(f"the simulation ended before round {config.rounds}; the history so far is {out}")
+    return doc

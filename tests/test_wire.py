@@ -1,0 +1,85 @@
+"""Messages on the wire (emfl.nn.wire): the bytes are the ones the engine counts, and the receiver
+rebuilds the message from them and what it knows itself."""
+
+import struct
+
+import pytest
+import torch
+from torch import nn
+
+from emfl.nn import wire
+from emfl.nn.groups import GroupMap
+from emfl.nn.messages import Bundle, Count, Dense, GroupSparse, Masked, PerGroup, SubModel
+
+
+def tiny_layout(prune_output=False):
+    """fc 3 -> 4 -> 2: 3 * 4 + 4 + 4 * 2 + 2 = 26 values; four groups in the first layer."""
+    return GroupMap(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), prune_output=prune_output)
+
+
+def test_dense_is_little_endian_float32():
+    form, payload = wire.encode(Dense(torch.tensor([1.0, -2.0, 0.5])))
+    assert payload == struct.pack("<3f", 1.0, -2.0, 0.5)  # 12 bytes, by hand
+    back = wire.decode(form, payload)
+    assert isinstance(back, Dense) and back.values.tolist() == [1.0, -2.0, 0.5]
+    with pytest.raises(wire.WireError, match="expected 3 float32"):
+        wire.decode(form, payload[:8])
+
+
+def test_group_sparse_mask_then_alive_values():
+    layout = tiny_layout()
+    w = torch.arange(1.0, 27.0)  # 1 .. 26, every value different
+    msg = GroupSparse(w, torch.tensor([1.0, 0.0, 1.0, 0.0]), layout)
+    form, payload = wire.encode(msg)
+    # one mask byte 1010 0000, then units 0 and 2 (3 weights + bias each), the 2 x 2 output
+    # weights reading them and the 2 output biases: 14 floats
+    assert payload[0] == 0b10100000 and len(payload) == 1 + 4 * 14 == msg.nbytes
+    back = wire.decode(form, payload, layout)
+    assert back.mask.tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert torch.equal(back.values, msg.values)  # zeros where nothing was sent, on both ends
+    assert back.nbytes == msg.nbytes
+    with pytest.raises(wire.WireError, match="layout"):
+        wire.decode(form, payload)
+    with pytest.raises(wire.WireError, match="has 32"):
+        wire.decode(form, payload, GroupMap(nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2))))
+
+
+def test_submodel_values_only_units_known_to_both():
+    layout = tiny_layout(prune_output=True)
+    units = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 1.0])
+    msg = SubModel(torch.arange(1.0, 27.0), units, layout)
+    form, payload = wire.encode(msg)
+    assert len(payload) == 4 * 14  # no mask on the wire: the units come from a seed both ends hold
+    back = wire.decode(form, payload, layout, units=units)
+    sent = layout.alive(units) > 0
+    assert torch.equal(back.values[sent], msg.values[sent]) and float(back.values[~sent].abs().sum()) == 0
+    # the server fills what was not sent with its own model, as the client left it
+    w = torch.full((26,), 7.0)
+    mine = wire.decode(form, payload, layout, units=units, base=w)
+    assert torch.equal(mine.values[sent], msg.values[sent]) and bool((mine.values[~sent] == 7.0).all())
+    with pytest.raises(wire.WireError, match="kept units"):
+        wire.decode(form, payload, layout)
+
+
+def test_bundle_of_model_thresholds_and_count():
+    layout = tiny_layout()
+    keep = torch.tensor([0.0, 1.0, 1.0, 1.0])
+    v = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    msg = Bundle(w=GroupSparse(torch.ones(26), keep, layout), v=PerGroup(v, keep), n=Count(500))
+    form, payload = wire.encode(msg)
+    # mask byte + 3 units x 4 values + 3 x 2 output weights + 2 biases = 20 floats; 3 thresholds; 4-byte count
+    assert len(payload) == 1 + 4 * 20 + 4 * 3 + 4 == msg.nbytes
+    back = wire.decode(form, payload, layout)
+    assert back["n"].value == 500
+    assert back["v"].values.tolist() == pytest.approx([0.0, 0.2, 0.3, 0.4])  # unit 0 was not sent
+    assert torch.equal(back["v"].mask, keep)
+    assert torch.equal(back["w"].values, msg["w"].values)
+
+
+def test_what_has_no_wire_form_says_so():
+    with pytest.raises(wire.WireError, match="Masked messages have no wire form"):
+        wire.encode(Masked(torch.ones(4), torch.tensor([True, False, True, True])))
+    with pytest.raises(wire.WireError, match="only in a Bundle"):
+        wire.encode(PerGroup(torch.ones(4), torch.ones(4)))
+    with pytest.raises(wire.WireError, match="unknown message kind"):
+        wire.decode({"kind": "nope"}, b"")
