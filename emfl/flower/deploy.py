@@ -235,6 +235,8 @@ def deploy(config, out, supernodes: int = 2, data_dir=None, resume: bool = False
             doc = json.load(f)
         ok = True
         return doc
+    except FlowerError as err:
+        raise FlowerError(f"{err} (Flower's logs: {home})") from None
     finally:
         dep.shutdown()
         if ok and not keep_logs:
