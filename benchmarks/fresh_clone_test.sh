@@ -19,7 +19,7 @@ cd "$work/main"
 echo "fresh clone of $(git rev-parse --short HEAD) in $work/main; $(nproc) cores; $(uname -m)"
 start=$(date +%s)
 ./dev setup
-echo "setup: $(( $(date +%s) - start )) s ($(.venv/bin/python benchmarks/env_size.py --top 0 | head -n 1))"
+echo "setup: $(( $(date +%s) - start )) s ($(.venv/bin/python benchmarks/env_size.py --top 0 | sed -n 1p))"
 status=0
 for t in "${settings[@]}"; do
     log="$work/test-$t.log"

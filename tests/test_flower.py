@@ -55,6 +55,14 @@ def assert_same_run(a: dict, b: dict, wa: torch.Tensor, wb: torch.Tensor) -> Non
     assert torch.allclose(wa, wb, atol=1e-6, rtol=0)
 
 
+def test_waves_give_each_node_one_client_at_a_time():
+    from emfl.flower.apps import node_for, waves
+
+    assert [node_for(s, [30, 10, 20]) for s in range(5)] == [10, 20, 30, 10, 20]  # s mod 3, ids sorted
+    sent = [(5, "a"), (7, "b"), (5, "c"), (5, "d"), (7, "e")]
+    assert waves(sent, node=lambda m: m[0]) == [[(5, "a"), (7, "b")], [(5, "c"), (7, "e")], [(5, "d")]]
+
+
 @pytest.mark.parametrize("algo", ["fedavg", "fedsparse-mid", "feddrop", "scaffold"])
 def test_simulation_gives_the_engines_run_on_generated_data(tmp_path, algo):
     # 6 clients of 48 random images, 4 a round, 3 rounds: dense (FedAvg), group-sparse with

@@ -31,7 +31,7 @@ from flwr.clientapp import ClientApp  # noqa: E402
 from flwr.serverapp import Grid, ServerApp  # noqa: E402
 
 __all__ = ["make_client_app", "make_server_app", "simulate", "FlowerRounds", "client_app", "server_app",
-           "SETTINGS_KEY", "TRAIN", "node_for"]
+           "SETTINGS_KEY", "TRAIN", "node_for", "waves"]
 
 SETTINGS_KEY = "emfl-settings"  # run-config key: the path of the settings file (deployment)
 TRAIN = "train"  # the Flower message type of a round's work
@@ -144,13 +144,15 @@ class FlowerRounds:
             out.append(Message(content=RecordDict({RECORD: rec}), dst_node_id=node_for(job.s, self.nodes),
                                message_type=TRAIN))
         timeout = self.first_timeout if self.first else self.timeout
+        deadline = time.monotonic() + timeout
         replies = {}
-        for reply in self.exchange(out, timeout):
-            if reply.has_error():
-                raise FlowerError(f"round {plan.rnd + 1}: a client failed on node {reply.metadata.src_node_id}: "
-                                  f"{reply.error.reason}")
-            rec = reply.content[RECORD]
-            replies[int(rec["client"])] = rec
+        for wave in waves(out):  # a node trains one client at a time: its context.state stays whole
+            for reply in self.exchange(wave, max(0.0, deadline - time.monotonic())):
+                if reply.has_error():
+                    raise FlowerError(f"round {plan.rnd + 1}: a client failed on node {reply.metadata.src_node_id}: "
+                                      f"{reply.error.reason}")
+                rec = reply.content[RECORD]
+                replies[int(rec["client"])] = rec
         missing = [int(s) for s in plan.clients if int(s) not in replies]
         if missing:
             err = FlowerError(f"round {plan.rnd + 1}: no reply from client(s) {missing} (nodes "
@@ -183,6 +185,18 @@ class FlowerRounds:
             if pending:
                 time.sleep(0.1)  # Flower's own HTTP grid polls every 3 s
         return got
+
+
+def waves(messages: list, node=lambda m: m.metadata.dst_node_id) -> list:
+    """``messages`` in waves with at most one message per node: wave ``k`` holds each node's
+    ``k``-th message.  A node never trains two clients at once, so that what it keeps between
+    rounds (``context.state``: SCAFFOLD's control variates) is never written by two runs of its
+    ClientApp at the same time (Flower's simulation would keep only the last one's copy)."""
+    per_node: dict = {}
+    for m in messages:
+        per_node.setdefault(node(m), []).append(m)
+    depth = max((len(v) for v in per_node.values()), default=0)
+    return [[v[k] for v in per_node.values() if k < len(v)] for k in range(depth)]
 
 
 def wait_for_nodes(grid: Grid, n: int, timeout: float) -> list:
