@@ -31,6 +31,17 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 HAS_CIFAR = (DATA / TARBALL).exists()
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every process of these runs computes on one torch thread (the Flower nodes do, by
+    ``threads``), so that the engine and Flower do the same float operations in the same order:
+    equal to the last bit, whatever OMP_NUM_THREADS says."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def server_weights(out, ckpt_dir) -> torch.Tensor:
     return torch.load(checkpoint_path(out, ckpt_dir), weights_only=True)["server"]["w"]
 

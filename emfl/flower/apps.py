@@ -217,6 +217,8 @@ def server_main(settings: dict, grid: Grid, data=None, mode: str = "deployment",
     from emfl.nn.runner import run
 
     config = _config(settings)
+    if mode == "deployment" and settings.get("threads"):  # the ServerApp's own process: as the nodes
+        torch.set_num_threads(int(settings["threads"]))
     nodes = wait_for_nodes(grid, int(settings.get("supernodes", 1)), float(settings.get("connect_timeout", 120)))
     transport = {"name": "flower", "mode": mode, "supernodes": len(nodes)}
     rounds = FlowerRounds(grid, nodes, float(settings.get("round_timeout", 600)), transport,
