@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from emfl.nn.messages import Bundle, Count, Dense, GroupSparse, Message, PerGroup, SubModel, mask_bytes
+from emfl.nn.messages import Bundle, Count, Dense, GroupSparse, Message, PerGroup, SubModel
 
 __all__ = ["encode", "decode", "WireError"]
 
@@ -45,22 +45,12 @@ def _read_floats(buf: bytes, n: int) -> torch.Tensor:
     return torch.from_numpy(np.frombuffer(buf, dtype="<f4").copy())
 
 
-def _bits(mask: torch.Tensor) -> bytes:
-    return np.packbits(mask.detach().cpu().numpy() > 0).tobytes()
-
-
-def _read_bits(buf: bytes, n: int) -> torch.Tensor:
-    return torch.from_numpy(np.unpackbits(np.frombuffer(buf, dtype=np.uint8))[:n].astype(np.float32))
-
-
 def encode(msg: Message, _mask=None) -> tuple:
     """``(form, payload)`` with ``len(payload) == msg.nbytes``."""
     if isinstance(msg, Dense):
         form, payload = {"kind": "dense", "n": msg.values.numel()}, _floats(msg.values)
-    elif isinstance(msg, GroupSparse):
-        head = _bits(msg.mask) if msg.mask_bits else b""
-        form = {"kind": "group-sparse", "mask_bits": bool(msg.mask_bits), "d": msg.values.numel()}
-        payload = head + _floats(msg.values[msg.alive > 0])
+    elif isinstance(msg, GroupSparse):  # its own wire format: the mask's bits, then the alive values
+        form, payload = {"kind": "group-sparse", "mask_bits": bool(msg.mask_bits), "d": msg.values.numel()}, msg.encode()
     elif isinstance(msg, SubModel):
         alive = msg.layout.alive(msg.units.float()) > 0
         form, payload = {"kind": "submodel", "d": msg.values.numel()}, _floats(msg.values[alive])
@@ -120,21 +110,20 @@ def _decode(form: dict, payload: bytes, layout=None, units=None, base=None, _mas
         d = form["d"]
         if layout.d != d:
             raise WireError(f"a {kind} message for {d} values, but the receiver's model has {layout.d}")
-        if kind == "submodel":
-            if units is None:
-                raise WireError("a submodel message needs the kept units, which the receiver draws itself")
-            mask, body = units.float().cpu(), payload
-        elif form["mask_bits"]:
-            G = layout.num_groups
-            mask, body = _read_bits(payload[:mask_bytes(G)], G), payload[mask_bytes(G):]
-        else:
-            raise WireError("a group-sparse message without its mask cannot be placed")
+        if kind == "group-sparse":
+            if not form["mask_bits"]:
+                raise WireError("a group-sparse message without its mask cannot be placed")
+            try:
+                return GroupSparse.decode(payload, layout)
+            except ValueError as err:
+                raise WireError(str(err)) from None
+        if units is None:
+            raise WireError("a submodel message needs the kept units, which the receiver draws itself")
+        mask, body = units.float().cpu(), payload
         alive = layout.alive(mask) > 0
-        values = torch.zeros(d) if base is None or kind != "submodel" else base.detach().cpu().clone()
+        values = torch.zeros(d) if base is None else base.detach().cpu().clone()
         values[alive] = _read_floats(body, int(alive.sum()))
-        if kind == "submodel":
-            return SubModel(values, units, layout)
-        return GroupSparse(values, mask, layout)
+        return SubModel(values, units, layout)
     if kind == "per-group":
         n = form["n"]
         if not form["masked"]:
