@@ -116,3 +116,187 @@ def _one_filter(answer):
         return False, "that is the dense model alone; FedSparse sends less of it and some numbers per unit."
     return False, ("values alive x 4 bytes, plus per surviving unit a threshold and an unsent norm (4 bytes each), "
                    "plus one mask bit per unit, rounded up to whole bytes.")
+
+
+# --------------------------------------------------------------------------- 05 · FedSparse on CIFAR-10
+
+
+def _number(answer, what: str):
+    if isinstance(answer, bool) or not isinstance(answer, (int, float, np.integer, np.floating)):
+        return f"answer with {what}; you gave {answer!r}."
+    return None
+
+
+@exercise("5.1", "when FedL1 first prunes a unit")
+def _fedl1_first(answer, runs):
+    if (problem := _number(answer, "a round number")) is not None:
+        return False, problem
+    recs = runs["FedL1"]["records"]
+    right = next((r["round"] for r in recs if r.get("sparsity", 0) > 0), None)
+    if right is None:
+        return False, "this FedL1 history never prunes anything; run the notebook on the committed results."
+    if int(answer) == right:
+        return True, f"right: FedL1's first pruned unit shows at round {right}, sparsity {100 * [r for r in recs if r['round'] == right][0]['sparsity']:.1f}%."
+    if int(answer) < right:
+        return False, "at that round the record still says sparsity 0.0: look for the first record whose sparsity is above 0."
+    if int(answer) == recs[-1]["round"]:
+        return False, "that is the run's last round; the first round with sparsity above 0 comes much earlier."
+    return False, "later than the first: the records are every 10 rounds, find the first whose sparsity is above 0."
+
+
+@exercise("5.2", "why FedL1 prunes nothing for a hundred rounds")
+def _fedl1_why(answer):
+    return _choice(answer, "b", "abc",
+                   {"a": "the client's loss adds lam sum_g ||phi_sg|| to every batch (Eq. 24), from round 1.",
+                    "c": "the server averages differences, it does not add to the norms; and the norms do fall "
+                         "steadily (look at the sparsity after round 100)."},
+                   "A unit is switched off only once its whole norm is at most lam = 2e-3, far below the norms at "
+                   "initialisation, and the penalty pulls each norm down by a small amount a round against the data's "
+                   "gradient: the first norms get there after about a hundred rounds, and more follow for hundreds more.")
+
+
+@exercise("5.3", "FedSparse's download from its sparsity")
+def _download_from_sparsity(answer, runs):
+    if (problem := _number(answer, "a number of bytes")) is not None:
+        return False, problem
+    doc = runs["FedSparse mid"]
+    a, b = doc["records"][-2], doc["records"][-1]
+    right = (b["bytes_down"] - a["bytes_down"]) / (b["round"] - a["round"])  # what a round sent, measured
+    d = doc["model_parameters"]
+    if abs(answer - right) <= 0.005 * right:
+        return True, (f"right: {right:,.0f} bytes a round were measured; the values alive explain all but "
+                      f"{100 * (right - 40 * (1 - b['sparsity']) * d) / right:.1f}% of it, a threshold, a norm and a "
+                      "bit per unit.")
+    own = 40 * (1 - b["sparsity_own"]) * d
+    for wrong, hint in ((right / 10, "10 clients receive the model every round."),
+                        (right / 4, "4 bytes a float32 value."),
+                        (right / 2**30, "the question asks for bytes, not GiB."),
+                        (own, "use the structural sparsity ('sparsity'), not the pruned units' own groups: a pruned "
+                              "unit also takes the weights that read it."),
+                        (40 * b["sparsity"] * d, "the sparsity is the share pruned; what is sent is the rest.")):
+        if abs(answer - wrong) <= 0.01 * abs(wrong):
+            return False, hint
+    return False, "(1 - sparsity) x the model's parameters x 4 bytes, to each of the round's 10 clients."
+
+
+@exercise("5.4", "is FedSparse's accuracy gap larger than the seed spread?")
+def _seed_gap(answer, seeds, rnd=200):
+    from emfl.nn.history import seed_spread
+
+    if (problem := _number(answer, "a number of percentage points")) is not None:
+        return False, problem
+    a = seed_spread(seeds["FedAvg"], rnd)
+    s = seed_spread(seeds["FedSparse mid"], rnd)
+    right = 100 * (a["mean"] - s["mean"])
+    if abs(answer - right) <= 0.05:
+        wide = 100 * max(a["max"] - a["min"], s["max"] - s["min"])
+        return True, (f"right: {right:.2f} points, against seed ranges of at most {wide:.2f} points: "
+                      + ("the gap is larger than the seeds' spread." if right > wide else
+                         "the gap is within the seeds' spread."))
+    if abs(answer + right) <= 0.05:
+        return False, "FedAvg's mean minus FedSparse mid's: the gap is positive when FedAvg is ahead."
+    if abs(answer - right / 100) <= 0.0005:
+        return False, "in percentage points: the records hold fractions, multiply by 100."
+    return False, f"the mean global accuracy at round {rnd} over the seeds, FedAvg's minus FedSparse mid's."
+
+
+@exercise("5.5", "predict FedDrop's communication")
+def _feddrop_share(answer, runs):
+    share = runs["FedDrop"]["records"][-1]["cum_gib"] / runs["FedAvg"]["records"][-1]["cum_gib"]
+    options = {"a": 0.9, "b": 0.7, "c": 0.5, "d": 0.3}
+    right = min(options, key=lambda k: abs(options[k] - share))
+    return _choice(answer, right, "abcd",
+                   {"a": "0.9 is the share of conv filters kept; most of the model is fc1, which loses more.",
+                    "b": "count fc1, which holds most of the parameters: it keeps half its units, and each reads only "
+                         "the kept conv2 filters.",
+                    "c": "close; count fc1, most of the model: half its units, each reading 90% of its inputs.",
+                    "d": "a dropped unit takes its weights with it, but half the fc units and 90% of the filters "
+                         "stay."},
+                   f"The measured share is {share:.2f}: fc1 holds most of the model and keeps half its units, each "
+                   "reading only the kept conv2 filters' outputs (0.5 x 0.9 = 0.45 of fc1).")
+
+
+# --------------------------------------------------------------------------- 06 · FedSparse on FEMNIST
+
+
+@exercise("6.1", "FedAvg's communication over the paper's 6,000 rounds")
+def _fedavg_6000(answer):
+    from emfl.nn import models
+
+    if (problem := _number(answer, "a number of GiB")) is not None:
+        return False, problem
+    d = models.num_parameters(models.make_model("lenet5", (1, 28, 28), 62))
+    right = 2 * 10 * 4 * d * 6000 / GIB
+    if abs(answer - right) <= 0.005 * right:
+        return True, f"right: {right:.2f} GiB, the paper's 272 GB: exact, since FedAvg sends the same every round."
+    for factor, hint in ((0.5, "both ways: down to each client and back up."),
+                         (0.1, "10 writers take part in every round."),
+                         (2000 / 6000, "the paper's schedule is 6,000 rounds; the runs here stop at 2,000."),
+                         (GIB / 1e9, "a GiB is 2^30 bytes; you divided by 10^9."),
+                         (0.25, "4 bytes a float32 value.")):
+        if abs(answer - factor * right) <= 0.005 * right * max(factor, 1):
+            return False, hint
+    return False, "the model's parameters x 4 bytes x 10 writers x 2 directions x 6,000 rounds, in GiB (2^30 bytes)."
+
+
+@exercise("6.2", "extrapolate a run's communication")
+def _extrapolate(extrapolate):
+    mib = 2**20
+
+    def doc(rates):  # 100 rounds a record; rates[k] MiB a round in the k-th interval
+        recs, total = [], 0.0
+        for k, rate in enumerate(rates):
+            total += 100 * rate * mib
+            recs.append({"round": 100 * (k + 1), "bytes_down": total / 2, "bytes_up": total / 2,
+                         "cum_gib": total / 2**30, "global_acc": 0.5, "local_acc": 0.5})
+        return {"config": {"algo": "fedsparse", "rounds": 100 * len(rates)}, "records": recs}
+
+    case = doc([9.0, 6.0, 5.0, 5.0])  # the rate settles after 200 rounds
+    got = _call(extrapolate, case, 1000)
+    right = (100 * (9 + 6 + 5 + 5) + 600 * 5) / 1024
+    if _close(got, right, rtol=1e-9):
+        flat = doc([4.0, 4.0])
+        if not _close(_call(extrapolate, flat, 600), (800 + 400 * 4) / 1024, rtol=1e-9):
+            return False, "with a constant rate the extrapolation is the last total plus rate x rounds left."
+        return True, "right: the last total plus the last interval's rate for every round still to come."
+    if _close(got, 25 * 1000 / 4 / 1024, rtol=1e-9):
+        return False, ("that is the mean rate since round 0, which counts the early rounds before the sparsity "
+                       "settled; use the rate of the last interval.")
+    if _close(got, right * 1024 / 1000, rtol=1e-6):
+        return False, "the answer is in GiB (2^30 bytes), the unit of cum_gib."
+    return False, "GiB at the last record, plus (bytes of the last interval / its rounds) x (rnd - last round), in GiB."
+
+
+@exercise("6.3", "why local accuracy overtakes global accuracy")
+def _local_overtakes(answer):
+    return _choice(answer, "a", "abc",
+                   {"b": "each writer's test images are fixed by LEAF's 90/10 split; they never change.",
+                    "c": "the global test images are the union of the writers' test images, the same throughout."},
+                   "Local accuracy averages each writer's last communicated model: after 300 rounds many of those "
+                   "models are from early, weak rounds, while by round 2,000 nearly every writer has been visited "
+                   "several times and its last model, fine-tuned on its own handwriting, beats the global one.")
+
+
+@exercise("6.4", "how many writers 2,000 rounds reach")
+def _writers_reached(answer, writers=3597, rounds=2000, per_round=10):
+    if (problem := _number(answer, "a number of writers")) is not None:
+        return False, problem
+    right = writers * (1 - (1 - per_round / writers) ** rounds)  # each writer is left out of a round w.p. 1 - 10/N
+    if abs(answer - right) <= 5:
+        return True, (f"right: about {right:.0f} of {writers:,}; a writer is missed by all {rounds:,} rounds with "
+                      f"probability (1 - {per_round}/{writers})^{rounds} = {(1 - per_round / writers) ** rounds:.4f}.")
+    if abs(answer - rounds * per_round) <= 5:
+        return False, "that counts visits; a writer can be visited many times."
+    if abs(answer - writers) <= 1:
+        return False, "not quite all: how likely is one writer to be missed by every round?"
+    return False, "the expected count: N x (1 - P(a writer is in none of the rounds)); a round takes 10 of N."
+
+
+@exercise("6.5", "what fixes the sparsity after 100 rounds")
+def _frozen_gates(answer):
+    return _choice(answer, "a", "abc",
+                   {"b": "the server sends its thresholds with the surviving units every round.",
+                    "c": "lam0 is constant through the run; nothing anneals it."},
+                   "With T = 1e-3 a unit's theta_g is exactly 0 or 1 in float32 once its norm is about 0.02 from "
+                   "its threshold: no gradient reaches the threshold, |pi_s - theta| is exactly 0, and the "
+                   "architecture stays as the first rounds left it.")

@@ -194,3 +194,4 @@ def _choice(answer, right: str, options: str, hints: dict, explain: str):
 # import the checks of every notebook, so that they register
 from emfl import _exercises_toy  # noqa: E402,F401
 from emfl import _exercises_nn  # noqa: E402,F401
+from emfl import _exercises_more  # noqa: E402,F401

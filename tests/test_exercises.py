@@ -72,8 +72,60 @@ def grid04():
     return {"grid": ss.trade_off_grid(data, test, lams=(1.0,), lam0s=lam0s, ce_scales=(1e-4,), rounds=6)}
 
 
+def cifar05():
+    from emfl.nn import history
+
+    return {"runs": history.load_runs(ROOT / "results", "cifar10", subdirs=("schedule",))}
+
+
+def seeds05():
+    from emfl.nn import history
+
+    runs = [history.load_runs(ROOT / "results", "cifar10", seed=s, subdirs=("schedule",)) for s in (0, 1, 2)]
+    return {"seeds": {name: [r[name] for r in runs] for name in ("FedAvg", "FedSparse mid")}}
+
+
+def grouped07():
+    from emfl import personal_masks as pm
+
+    return {"data": pm.make_grouped_linreg(S=10, d=8, supports=((0, 1, 2, 3), (2, 3, 4, 5)), seed=0)}
+
+
+def runs08():
+    from emfl.nn import probes
+
+    return {"runs": probes.load_info_runs(ROOT / "results" / "info")}
+
+
+def _erk_scores(shapes, D):
+    sizes = np.array([np.prod(s) for s in shapes], dtype=float)
+    score = np.array([sum(s) for s in shapes], dtype=float) / sizes
+    return score * D * sizes.sum() / (score * sizes).sum()
+
+
+def _plugin_ity(counts, log=np.log2, skip_zeros=True):
+    p = counts / counts.sum()
+    q = p.sum(1, keepdims=True) * p.sum(0, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = p * log(p / q)
+    return float(np.where(p > 0, terms, 0).sum() if skip_zeros else terms.sum())
+
+
+def _h_given_y(counts, weighted=True):
+    h = [-(c[c > 0] / c.sum() * np.log2(c[c > 0] / c.sum())).sum() for c in counts.T]
+    w = counts.sum(0) / counts.sum() if weighted else np.full(counts.shape[1], 1 / counts.shape[1])
+    return float(np.dot(w, h))
+
+
+def _h_rows(counts, log=np.log2):
+    p = counts.sum(1) / counts.sum()
+    p = p[p > 0]
+    return float(-(p * log(p)).sum())
+
+
 # the context an exercise's check cell passes (the notebook's own data)
-CONTEXT = {"1.5": toy01, "2.5": clustered02, "3.4": pair03, "4.4": grid04}
+CONTEXT = {"5.1": cifar05, "5.3": cifar05, "5.4": seeds05, "5.5": cifar05, "1.5": toy01, "2.5": clustered02, "3.4": pair03, "4.4": grid04,
+           "7.4": grouped07, "8.5": runs08}
 
 # typical wrong answers: each must be rejected
 WRONG = {
@@ -118,6 +170,35 @@ WRONG = {
                                     0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g, t + 1)],
     "3b.4": ["b", "c"],
     "3b.5": [4 * 878_538, 4 * (878_538 - 801) + 8 * 607 + 76, 4 * (878_538 - 801 - 12_800), 3_464_680.0],
+    "7.1": [lambda alpha, t, T, k: round(alpha / 2 * (1 + np.cos(np.pi * t / T)) * k) if t < T else 0,
+            lambda alpha, t, T, k: int(np.floor(alpha / 2 * (1 + np.cos(np.pi * t / T)) * k)),
+            lambda alpha, t, T, k: alpha / 2 * (1 + np.cos(np.pi * t / T)) if t < T else 0.0],
+    "7.2": [lambda shapes, D: [D] * len(shapes), _erk_scores,
+            lambda shapes, D: np.minimum(1.0, _erk_scores(shapes, D))],
+    "7.3": [4 * 878_538, 1_165_716 - 4 * 618, 1_165_716 - 109_740, 1_165_716 - 109_740 + 877_920, "1165716"],
+    "7.4": ["b", "c", "d"],
+    "7.5": ["b", "c"],
+    "8.1": [lambda units, bins, N: min(units * np.log(bins), np.log(N)), lambda units, bins, N: units * np.log2(bins),
+            lambda units, bins, N: np.log2(N)],
+    "8.2": [lambda counts: _h_rows(counts, np.log), lambda counts: _h_rows(counts.reshape(-1, 1)),
+            lambda counts: float(np.log2(counts.sum()))],
+    "8.3": [lambda counts: _plugin_ity(counts, np.log), lambda counts: _plugin_ity(counts, skip_zeros=False),
+            lambda counts: _h_rows(counts) - _h_given_y(counts, weighted=False), lambda counts: _h_given_y(counts)],
+    "8.4": ["b", "c"],
+    "8.5": ["b", "c"],
+    "5.1": [1000, 940, 80, 130.5 - 20, "120"],
+    "5.2": ["a", "c"],
+    "5.3": [4 * (1 - 0.3516) * 878_538, 40 * (1 - 0.1734) * 878_538, 40 * 0.3516 * 878_538, 22_785_720 / 2**30],
+    "5.4": [-4.29, 0.0429, 1.0, "4.3"],
+    "5.5": ["a", "b", "d"],
+    "6.1": [272.11 / 2, 272.11 / 3, 272.11 * 2**30 / 1e9, 27.2, "272"],
+    "6.2": [lambda doc, rnd: doc["records"][-1]["cum_gib"] / doc["records"][-1]["round"] * rnd,
+            lambda doc, rnd: doc["records"][-1]["cum_gib"],
+            lambda doc, rnd: doc["records"][-1]["cum_gib"] + (doc["records"][-1]["bytes_down"] + doc["records"][-1]["bytes_up"]
+                             - doc["records"][-2]["bytes_down"] - doc["records"][-2]["bytes_up"]) * (rnd - doc["records"][-1]["round"]) / 1e9],
+    "6.3": ["b", "c"],
+    "6.4": [20_000, 3597, 2000, 3000.0],
+    "6.5": ["b", "c"],
 }
 
 

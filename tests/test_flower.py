@@ -63,6 +63,7 @@ def assert_same_run(a: dict, b: dict, wa: torch.Tensor, wb: torch.Tensor) -> Non
     assert t["name"] == "flower"
     # what went over Flower's wire is what the engine counts
     assert (t["wire_bytes_down"], t["wire_bytes_up"]) == (last["bytes_down"], last["bytes_up"])
+    assert t["wire_first_round"] == 1  # every round of the run went over Flower
     assert torch.allclose(wa, wb, atol=1e-6, rtol=0)
 
 
@@ -72,6 +73,12 @@ def test_waves_give_each_node_one_client_at_a_time():
     assert [node_for(s, [30, 10, 20]) for s in range(5)] == [10, 20, 30, 10, 20]  # s mod 3, ids sorted
     sent = [(5, "a"), (7, "b"), (5, "c"), (5, "d"), (7, "e")]
     assert waves(sent, node=lambda m: m[0]) == [[(5, "a"), (7, "b")], [(5, "c"), (7, "e")], [(5, "d")]]
+
+
+def test_a_simulation_needs_a_supernode(tmp_path):
+    with pytest.raises(FlowerError, match="--supernodes must be at least 1; got 0"):
+        simulate(make_config(task="cifar10", rounds=1), tmp_path / "run.json", supernodes=0)
+    assert not (tmp_path / "run.json").exists()
 
 
 @pytest.mark.parametrize("algo", ["fedavg", "fedsparse-mid", "feddrop", "scaffold"])

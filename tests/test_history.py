@@ -189,3 +189,70 @@ def test_the_seed_spread_by_hand_and_runs_that_differ_in_more_than_the_seed():
     with pytest.raises(ValueError, match="differ in lam0"):
         history.seed_spread([_doc("fedsparse", [_rec(200, 0.5, 0.8, 1.0)], lam0=5e-6, seed=0),
                              _doc("fedsparse", [_rec(200, 0.5, 0.8, 1.0)], lam0=5e-5, seed=1)], 200)
+
+
+def test_the_table_at_each_runs_last_round_names_a_run_still_going():
+    fedavg = _doc("fedavg", [_rec(10, 0.30, 0.70, 0.5), _rec(20, 0.40, 0.80, 1.0)])
+    short = _doc("fedsparse", [_rec(10, 0.28, 0.72, 0.4, sparsity=0.25)], lam0=5e-6, sparse_reg="example")
+    rows = history.comparison({"FedAvg": fedavg, "FedSparse mid": short})
+    assert [(r["round"], r["planned"]) for r in rows] == [(20, 20), (10, 20)]
+    assert rows[1]["comm_vs_fedavg"] == pytest.approx(0.4 / 0.5)  # FedAvg at the same round, 10
+    text = history.format_comparison(rows, "cifar10")
+    assert " 10/20 |" in text and " 20 |" in text and "20/20" not in text
+    text = history.format_comparison(history.comparison({"FedAvg": fedavg, "FedSparse mid": short}, planned=100), "cifar10")
+    assert " 10/100 |" in text and " 20/100 |" in text  # against the schedule, not each run's own plan
+
+
+def test_what_an_accuracy_costs_by_hand():
+    doc = _doc("fedavg", [_rec(10, 0.30, 0.70, 0.5), _rec(20, 0.40, 0.80, 1.0), _rec(30, 0.38, 0.85, 1.5)])
+    assert history.first_reach(doc, "global_acc", 0.35)["round"] == 20
+    assert history.first_reach(doc, "global_acc", 0.45) is None
+    text = history.reach_table({"FedAvg": doc}, [("global_acc", 0.40), ("local_acc", 0.9)])
+    row = text.splitlines()[-1].split()
+    assert row == ["FedAvg", "30", "|", "1.00", "(20)", "-"]
+
+
+def test_the_round_from_which_sparsity_stays_put():
+    sp = [0.10, 0.30, 0.35, 0.352, 0.352]
+    doc = _doc("fedsparse", [_rec(10 * (k + 1), 0.3, 0.7, 0.1 * k, sparsity=s) for k, s in enumerate(sp)], lam0=5e-6)
+    assert history.settled_round(doc, "sparsity", tol=0.005) == 30  # 0.35 is within 0.005 of 0.352
+    assert history.settled_round(doc, "sparsity", tol=0.0) == 40
+    assert history.settled_round(FEDAVG, "sparsity") is None
+
+
+def test_the_extrapolation_table_reads_exact_rates_and_leaves_short_runs_out():
+    mib = 2 ** 20
+    fedavg = _doc("fedavg", [_bytes_rec(100 * k, 4 * mib * 100 * k, 4 * mib * 100 * k) for k in range(1, 5)])
+    short = _doc("fedavg", [_bytes_rec(100, 400 * mib, 400 * mib)])
+    text = history.extrapolation_table({"FedAvg": fedavg, "FedDrop": short}, 1000, "femnist")
+    fed, drop = text.splitlines()[2].split(), text.splitlines()[3].split()
+    assert fed[:7] == ["FedAvg", "400", f"{3200 / 1024:.2f}", "|", f"{8000 / 1024:.2f}", "0.0%", "1.00"]
+    assert drop[3:7] == ["|", "-", "-", "-"]
+    assert fed[-2:] == ["272", "1.00"] and drop[-2:] == ["168", f"{168 / 272:.2f}"]
+
+
+def test_a_setting_an_older_history_does_not_record_is_no_difference():
+    old = _doc("fedavg", [_rec(200, 0.58, 0.8, 1.0)], seed=1)
+    new = _doc("fedavg", [_rec(200, 0.60, 0.8, 1.0)], seed=0, rho=0.01, preset=None)
+    old["config"]["preset"] = ""
+    assert history.seed_spread([new, old], 200)["n"] == 2
+    with pytest.raises(ValueError, match="differ in rho"):
+        history.seed_spread([new, _doc("fedavg", [_rec(200, 0.6, 0.8, 1.0)], seed=2, rho=0.5)], 200)
+
+
+def test_one_line_per_seed_and_one_label_per_method():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seeds = {"FedAvg": [_doc("fedavg", [_rec(10, 0.3, 0.7, 0.5), _rec(20, 0.4, 0.8, 1.0)], seed=s) for s in (0, 1)],
+             "FedSparse mid": [_doc("fedsparse", [_rec(10, 0.2, 0.7, 0.5)], lam0=5e-6, seed=s) for s in (0, 1, 2)]}
+    fig, ax = plt.subplots()
+    history.plot_seeds(ax, seeds, max_round=10)
+    assert len(ax.lines) == 5
+    assert [line.get_label() for line in ax.lines if not line.get_label().startswith("_")] == [
+        "FedAvg, seeds 0, 1", "FedSparse mid, seeds 0, 1, 2"]
+    assert list(ax.lines[0].get_xdata()) == [10]  # cut at round 10
+    assert ax.lines[2].get_color() == history.COLOURS["FedSparse mid"]
+    plt.close(fig)

@@ -122,7 +122,8 @@ def make_client_app(settings: dict | None = None, data=None) -> ClientApp:
 class FlowerRounds:
     """``round_fn`` for :func:`emfl.nn.runner.run`: the server's half of each round here, the
     clients' over Flower's ``grid``.  ``transport`` holds the payload bytes that actually went
-    out and came back (they equal the engine's counts, checked every message).  The first round
+    out and came back (they equal the engine's counts, checked every message), from round
+    ``wire_first_round`` on: a resumed run counts only the rounds this process sent.  The first round
     waits at most ``first_timeout`` seconds (the nodes' start-up), the others ``timeout``."""
 
     def __init__(self, grid: Grid, nodes: list, timeout: float, transport: dict, first_timeout: float = 300,
@@ -136,6 +137,7 @@ class FlowerRounds:
     def __call__(self, engine: Engine) -> dict:
         algo = engine.algorithm
         plan = engine.begin_round()
+        self.transport.setdefault("wire_first_round", plan.rnd + 1)
         out = []
         for job, msg in zip(plan.jobs, plan.msgs):
             form, payload = wire.encode(msg)
@@ -273,6 +275,8 @@ def simulate(config: RunConfig, out, supernodes: int = 2, data=None, data_dir=No
     from the checkpoint."""
     import os
 
+    if int(supernodes) < 1:
+        raise FlowerError(f"--supernodes must be at least 1; got {supernodes}")
     from flwr.simulation import run_simulation
 
     settings = {"config": config.to_dict(), "out": str(out), "data_dir": data_dir, "resume": resume,

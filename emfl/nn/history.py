@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["load_history", "column", "plot_metric", "summary", "method_name", "record_at", "load_runs",
-           "comparison", "format_comparison", "cut", "gib_to_reach", "plot_runs", "quick_mode", "PAPER",
+           "comparison", "format_comparison", "cut", "gib_to_reach", "first_reach", "reach_table", "settled_round",
+           "extrapolate_gib", "extrapolation_table", "seed_spread", "plot_runs", "plot_seeds", "quick_mode", "PAPER",
            "LAM0_LEVELS", "fedavg_gib", "lam0_study", "load_lam0_study", "format_lam0_study", "reading_fit", "plot_lam0_study"]
 
 METRICS = ("global_acc", "local_acc", "cum_gib", "round", "seconds", "train_loss", "sparsity", "sparsity_own", "tv_mean", "tv_max")
@@ -130,16 +131,18 @@ def _last_round(doc: dict) -> int:
     return doc["records"][-1]["round"] if doc["records"] else 0
 
 
-def comparison(runs: dict, rnd: int) -> list:
-    """Rows of the paper's table at round ``rnd`` for every run: global and local accuracy (%),
-    GiB communicated, its share of FedAvg's over the same rounds, sparsity (%)."""
+def comparison(runs: dict, rnd=None, planned=None) -> list:
+    """Rows of the paper's table for every run: global and local accuracy (%), GiB communicated,
+    its share of FedAvg's over the same rounds, sparsity (%), at round ``rnd`` or, for ``None``,
+    at each run's last evaluated round; ``planned`` is the schedule's rounds (default: each run's
+    own planned rounds)."""
     rows = []
     for name, doc in runs.items():
-        r = record_at(doc, rnd)
+        r = record_at(doc, rnd) if rnd is not None else doc["records"][-1]
         base = record_at(runs["FedAvg"], r["round"])["cum_gib"] if "FedAvg" in runs else None  # same rounds
         sparsity = r.get("sparsity")
-        rows.append({"method": name, "round": r["round"], "global_acc": 100 * r["global_acc"],
-                     "local_acc": 100 * r["local_acc"], "cum_gib": r["cum_gib"],
+        rows.append({"method": name, "round": r["round"], "planned": planned or doc["config"]["rounds"],
+                     "global_acc": 100 * r["global_acc"], "local_acc": 100 * r["local_acc"], "cum_gib": r["cum_gib"],
                      "comm_vs_fedavg": r["cum_gib"] / base if base else None,
                      "sparsity": None if sparsity is None else 100 * sparsity})
     return rows
@@ -162,23 +165,61 @@ def gib_to_reach(doc: dict, metric: str, level: float):
 
 
 def format_comparison(rows: list, task: str) -> str:
-    """``rows`` of :func:`comparison` beside the paper's numbers, as a fixed-width text table.
+    """``rows`` of :func:`comparison` beside the paper's numbers, as a fixed-width text table.  A run
+    that stopped before its planned rounds shows both ("180/1000").
 
     The paper's communication share is its GB over FedAvg's GB (at 1,000 / 6,000 rounds)."""
     paper = PAPER[task]
     fmt = lambda v, spec: format("-", spec[:2]) if v is None else format(v, spec)  # noqa: E731
-    head = (f"{'method':<15} {'round':>5} | {'global':>6} {'local':>6} {'GiB':>7} {'vs FedAvg':>9} {'sparsity':>8} |"
+    head = (f"{'method':<15} {'round':>9} | {'global':>6} {'local':>6} {'GiB':>7} {'vs FedAvg':>9} {'sparsity':>8} |"
             f" {'paper:':>6} {'global':>6} {'local':>6} {'GB':>4} {'vs FedAvg':>9} {'sparsity':>8}")
     lines = [head, "-" * len(head)]
     for row in rows:
         p = paper.get(row["method"])
-        ours = (f"{row['method']:<15} {row['round']:>5} | {row['global_acc']:>6.1f} {row['local_acc']:>6.1f} "
+        planned = row.get("planned")
+        rnd = f"{row['round']}/{planned}" if planned and row["round"] < planned else str(row["round"])
+        ours = (f"{row['method']:<15} {rnd:>9} | {row['global_acc']:>6.1f} {row['local_acc']:>6.1f} "
                 f"{row['cum_gib']:>7.2f} {fmt(row['comm_vs_fedavg'], '>9.2f')} {fmt(row['sparsity'], '>8.1f')} |")
         if p:
             ours += (f" {'':>6} {p[0]:>6.1f} {p[1]:>6.1f} {p[2]:>4} {p[2] / paper['FedAvg'][2]:>9.2f} "
                      f"{fmt(p[3], '>8.1f')}")
         lines.append(ours)
     return "\n".join(lines)
+
+
+def first_reach(doc: dict, metric: str, level: float):
+    """The first evaluated record where ``metric`` reaches ``level``; ``None`` if none does."""
+    for r in doc["records"]:
+        if r.get(metric) is not None and r[metric] >= level:
+            return r
+    return None
+
+
+def reach_table(runs: dict, levels: list) -> str:
+    """For each run and each ``(metric, level)`` of ``levels``: the GiB communicated (up + down) and
+    the round at its first evaluation at or above ``level``, a dash where it never got there; as
+    a fixed-width text table.  What accuracy costs, whatever the runs' lengths."""
+    heads = [f"{m.split('_')[0]} {100 * v:.1f}%" for m, v in levels]
+    lines = [f"{'method':<15} {'rounds':>6} |" + "".join(f"{h:>17}" for h in heads), ""]
+    lines[1] = "-" * len(lines[0])
+    for name, doc in runs.items():
+        cells = []
+        for m, v in levels:
+            r = first_reach(doc, m, v)
+            cells.append("-" if r is None else f"{r['cum_gib']:.2f} ({r['round']})")
+        lines.append(f"{name:<15} {_last_round(doc):>6} |" + "".join(f"{c:>17}" for c in cells))
+    return "\n".join(lines)
+
+
+def settled_round(doc: dict, key: str = "sparsity", tol: float = 0.005):
+    """The first evaluated round from which ``key`` stays within ``tol`` of its last value (to the
+    end of the run); ``None`` if the records do not hold it."""
+    values = column(doc, key)
+    if np.isnan(values).all():
+        return None
+    rounds = column(doc, "round")
+    far = np.nonzero(np.abs(values - values[-1]) > tol)[0]
+    return int(rounds[0] if far.size == 0 else rounds[far[-1] + 1])
 
 
 def quick_mode() -> bool:
@@ -195,6 +236,15 @@ def fedavg_gib(doc: dict, rnd: int) -> float:
     """GiB FedAvg sends (down and up) over ``rnd`` rounds with the run's model and clients per
     round: every client receives and returns the whole model, 4 bytes a value."""
     return 2 * doc["config"]["clients_per_round"] * 4 * doc["model_parameters"] * rnd / 2**30
+
+
+def plot_seeds(ax, seeds: dict, metric: str = "global_acc", max_round=None, **kwargs):
+    """``metric`` against rounds for runs that differ only in their seed (``seeds``: method name ->
+    histories), one thin line per seed in the method's colour, each method labelled once."""
+    for name, docs in seeds.items():
+        for k, doc in enumerate(docs):
+            plot_metric(ax, cut(doc, max_round), metric, label=f"{name}, seeds {', '.join(str(d['config']['seed']) for d in docs)}"
+                        if k == 0 else None, color=COLOURS.get(name), lw=1, **kwargs)
 
 
 def lam0_study(runs: list, task: str) -> list:
@@ -296,6 +346,36 @@ def extrapolate_gib(doc: dict, rnd: int, window: int = 3) -> tuple:
     return gib, (max(rates) - min(rates)) / rate if rate else 0.0
 
 
+def extrapolation_table(runs: dict, rnd: int, task: str) -> str:
+    """Communication at round ``rnd`` for every run, read where the run got there and otherwise
+    extrapolated by :func:`extrapolate_gib` (``spread`` 0: exact), beside the paper's GB; as a
+    fixed-width text table.  Only bytes are extrapolated, never accuracy."""
+    paper = PAPER.get(task, {})
+    est = {}
+    for name, doc in runs.items():
+        try:
+            est[name] = extrapolate_gib(doc, rnd)
+        except ValueError:  # too few evaluated rounds to read a rate from
+            est[name] = None
+    base = est["FedAvg"][0] if est.get("FedAvg") else None
+    head = (f"{'method':<15} {'rounds':>6} {'GiB':>7} | {f'GiB at {rnd}':>12} {'spread':>7} {'vs FedAvg':>9} |"
+            f" {'paper:':>6} {'GB':>4} {'vs FedAvg':>9}")
+    lines = [head, "-" * len(head)]
+    for name, doc in runs.items():
+        line = f"{name:<15} {_last_round(doc):>6} {doc['records'][-1]['cum_gib']:>7.2f} |"
+        if est[name] is None:
+            line += f" {'-':>12} {'-':>7} {'-':>9} |"
+        else:
+            gib, spread = est[name]
+            share = "-" if base is None else f"{gib / base:.2f}"
+            line += f" {gib:>12.2f} {100 * spread:>6.1f}% {share:>9} |"
+        p = paper.get(name)
+        if p:
+            line += f" {'':>6} {p[2]:>4} {p[2] / paper['FedAvg'][2]:>9.2f}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def seed_spread(docs: list, rnd: int, metric: str = "global_acc") -> dict:
     """``metric`` at round ``rnd`` over runs that differ only in their seed: ``mean``, ``min``,
     ``max``, ``n`` and the ``seeds``; a clear error if the runs differ in anything else."""
@@ -304,9 +384,10 @@ def seed_spread(docs: list, rnd: int, metric: str = "global_acc") -> dict:
     keep = {k: v for k, v in docs[0]["config"].items() if k not in ("seed", "rounds", "checkpoint_every", "device",
                                                                      "client_batching", "client_compute", "eval_every")}
     for doc in docs[1:]:
-        other = {k: doc["config"].get(k) for k in keep}
-        if other != keep:
-            diff = sorted(k for k in keep if other[k] != keep[k])
+        cfg = doc["config"]
+        # a setting one history does not record (it predates it) is not a difference; "" is no preset
+        diff = sorted(k for k in keep if k in cfg and (cfg[k] or None) != (keep[k] or None))
+        if diff:
             raise ValueError(f"the runs differ in {', '.join(diff)}, not only in the seed")
     values = np.array([record_at(doc, rnd)[metric] for doc in docs], dtype=float)
     return {"mean": float(values.mean()), "min": float(values.min()), "max": float(values.max()), "n": len(docs),
