@@ -158,10 +158,8 @@ def cut(doc: dict, max_round) -> dict:
 def gib_to_reach(doc: dict, metric: str, level: float):
     """GiB communicated (up + down) at the first evaluation where ``metric`` reaches ``level``;
     ``None`` if the run never does.  Compares methods by what accuracy costs, at any run length."""
-    for r in doc["records"]:
-        if r.get(metric) is not None and r[metric] >= level:
-            return r["cum_gib"]
-    return None
+    r = first_reach(doc, metric, level)
+    return None if r is None else r["cum_gib"]
 
 
 def format_comparison(rows: list, task: str) -> str:
