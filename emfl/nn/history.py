@@ -198,8 +198,8 @@ def reach_table(runs: dict, levels: list) -> str:
     the round at its first evaluation at or above ``level``, a dash where it never got there; as
     a fixed-width text table.  What accuracy costs, whatever the runs' lengths."""
     heads = [f"{m.split('_')[0]} {100 * v:.1f}%" for m, v in levels]
-    lines = [f"{'method':<15} {'rounds':>6} |" + "".join(f"{h:>17}" for h in heads), ""]
-    lines[1] = "-" * len(lines[0])
+    head = f"{'method':<15} {'rounds':>6} |" + "".join(f"{h:>17}" for h in heads)
+    lines = [head, "-" * len(head)]
     for name, doc in runs.items():
         cells = []
         for m, v in levels:
