@@ -162,7 +162,8 @@ def _run_flags(p, d, ALGORITHMS, PRESETS, TASKS, MODELS):
     p.add_argument("--algo", choices=list(ALGORITHMS) + list(PRESETS), default=d.algo,
                    help=f"an algorithm (emfl.nn.algorithms), or a preset: {presets}; an explicit setting "
                         "that differs from its preset is an error")
-    p.add_argument("--model", choices=list(MODELS), default=d.model, help="network")
+    p.add_argument("--model", choices=list(MODELS), default="",
+                   help="network (default: lenet5; mlp-tanh for --task bits)")
     p.add_argument("--rounds", type=int, default=d.rounds, help="rounds in all (with --resume: continue up to this)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the split, the model and every client")
     p.add_argument("--data-dir", default=None, help="folder with the data (default: $EMFL_DATA_DIR)")
@@ -198,6 +199,9 @@ def _run_flags(p, d, ALGORITHMS, PRESETS, TASKS, MODELS):
     p.add_argument("--client-compute", dest="client_compute", choices=["sliced", "dense"], default=d.client_compute,
                    help="clients train the model cut to its surviving units (sliced, faster) or the masked "
                         "dense model (the same updates up to float round-off)")
+    p.add_argument("--precision", choices=["float32", "float64"], default=d.precision,
+                   help="float32 (the paper's, the bytes it counts) or float64 (about 2x slower: to compare two "
+                        "computations of the same maths beyond float32 round-off)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     settings = _algorithm_settings()
     group = p.add_argument_group("settings of the algorithms", "each algorithm takes only its own")

@@ -20,7 +20,7 @@ from functools import cached_property
 
 import numpy as np
 
-from emfl._checks import as_vector, check_positive, check_positive_int
+from emfl._checks import as_vector, check_covariance, check_finite, check_positive, check_positive_int
 
 __all__ = [
     "Client",
@@ -62,6 +62,8 @@ class Client:
             raise ValueError(
                 f"Client.y must have shape ({X.shape[0]},) to match X {X.shape}; got {y.shape}"
             )
+        check_finite("Client.X", X)
+        check_finite("Client.y", y)
         check_positive("sigma2", self.sigma2)
         object.__setattr__(self, "X", X)
         object.__setattr__(self, "y", y)
@@ -258,14 +260,12 @@ def elbo(client: Client, m, cov, w, lam: float) -> float:
     check_positive("lam", lam)
     w = as_vector("w", w, client.d)
     m = as_vector("m", m, client.d)
-    cov = np.asarray(cov, dtype=float)
+    cov = check_covariance("cov", cov, client.d)
     n, d = client.n, client.d
     r = client.y - client.X @ m
     e_lik = -0.5 * (r @ r + np.trace(client.X @ cov @ client.X.T)) / client.sigma2 - n / 2 * np.log(2 * np.pi * client.sigma2)
     e_prior = -lam / 2 * ((m - w) @ (m - w) + np.trace(cov)) + d / 2 * np.log(lam / (2 * np.pi))
-    sign, logdet = np.linalg.slogdet(2 * np.pi * np.e * cov)
-    if sign <= 0:
-        raise ValueError("cov must be a positive definite covariance")
+    _, logdet = np.linalg.slogdet(2 * np.pi * np.e * cov)
     return float(e_lik + e_prior + 0.5 * logdet)
 
 

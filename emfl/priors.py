@@ -52,7 +52,7 @@ class GaussianPrior:
         client sizes (a prior precision ``lam_s`` proportional to ``N_s``) gives FedAvg's
         example-weighted average.
         """
-        phis = as_matrix("phis", phis)
+        phis = as_matrix("phis", phis, min_rows=1)
         if weights is None:
             return phis.mean(axis=0)
         weights = as_vector("weights", weights, phis.shape[0])
@@ -78,7 +78,7 @@ class LaplacePrior:
 
     def m_step(self, phis, params=None) -> np.ndarray:
         """``argmax_w sum_s -lam |phi_sj - w_j|``: the coordinate-wise median (Eq. 45-46)."""
-        return np.median(as_matrix("phis", phis), axis=0)
+        return np.median(as_matrix("phis", phis, min_rows=1), axis=0)
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ class MixturePrior:
     def m_step(self, phis, params) -> np.ndarray:
         """``w_k = sum_s r_sk phi_s / sum_s r_sk`` with responsibilities at the old ``w_{1:K}``
         (Eq. 52).  A component that no client claims keeps its old value."""
-        phis = as_matrix("phis", phis)
+        phis = as_matrix("phis", phis, min_rows=1)
         ws = as_matrix("w", params, phis.shape[1])
         r = self.responsibilities(phis, ws)
         mass = r.sum(axis=0)

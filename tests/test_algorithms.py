@@ -100,15 +100,15 @@ def test_one_scaffold_round_equals_a_hand_written_reference(clients_per_round):
 
 
 def test_scaffold_resumes_with_its_control_variates(tmp_path):
-    from emfl.nn.runner import checkpoint_path, run
+    from emfl.nn.runner import checkpoint_path, load_checkpoint, run
 
     data = tiny_federation(clients=4, n=16, m=4)
     cfg = dict(algo="scaffold", clients_per_round=2, batch_size=8, eval_every=1, checkpoint_every=1)
     straight = run(RunConfig(rounds=3, **cfg), tmp_path / "a.json", data=data, progress=False)
     run(RunConfig(rounds=1, **cfg), tmp_path / "b.json", data=data, progress=False)
     resumed = run(RunConfig(rounds=3, **cfg), tmp_path / "b.json", data=data, resume=True, progress=False)
-    a = torch.load(checkpoint_path(tmp_path / "a.json"), weights_only=True)
-    b = torch.load(checkpoint_path(tmp_path / "b.json"), weights_only=True)
+    a = load_checkpoint(checkpoint_path(tmp_path / "a.json"))
+    b = load_checkpoint(checkpoint_path(tmp_path / "b.json"))
     assert torch.equal(a["server"]["w"], b["server"]["w"]) and torch.equal(a["server"]["c"], b["server"]["c"])
     assert a["memory"].keys() == b["memory"].keys() and len(a["memory"]) >= 2
     assert all(torch.equal(a["memory"][s], b["memory"][s]) for s in a["memory"])
@@ -239,6 +239,7 @@ def shrink():
     assert Shrink.name not in algorithms.ALGORITHMS and "shrink-test-quarter" not in algorithms.PRESETS
 
 
+@pytest.mark.numeric
 def test_an_algorithm_added_through_the_registry_runs_without_loop_edits(shrink, tmp_path, capsys):
     from emfl.__main__ import main
     from emfl.nn.config import make_config

@@ -12,7 +12,7 @@ from emfl.nn.algorithms.fedspa import erk_densities, mac_share, prune_fraction
 from emfl.nn.messages import pack_bits, unpack_bits
 from emfl.nn.config import RunConfig
 from emfl.nn.engine import ClientJob, Engine
-from emfl.nn.runner import checkpoint_path, run
+from emfl.nn.runner import checkpoint_path, load_checkpoint, run
 
 from nn_helpers import tiny_federation
 
@@ -115,7 +115,7 @@ def test_a_client_never_sampled_keeps_its_first_mask_and_masks_resume_from_the_c
                   progress=False)
     strip = lambda recs: [{k: v for k, v in r.items() if k != "seconds"} for r in recs]  # noqa: E731
     assert strip(straight["records"]) == strip(resumed["records"])
-    memory = torch.load(checkpoint_path(tmp_path / "b.json"), weights_only=True)["memory"]
+    memory = load_checkpoint(checkpoint_path(tmp_path / "b.json"))["memory"]
     assert all(m.dtype == torch.uint8 and m.numel() == math.ceil(e.algorithm.maskable / 8) for m in memory.values())
 
 
@@ -134,7 +134,8 @@ def test_the_server_averages_each_weight_over_the_clients_that_hold_it():
     from emfl.nn.messages import Masked
 
     data = tiny_federation(clients=4, n=16, m=4)
-    e = Engine(RunConfig(algo="fedspa", model="lenet5-classic", server_opt="sgd", server_lr=1.0), data)
+    e = Engine(RunConfig(algo="fedspa", model="lenet5-classic", server_opt="sgd", server_lr=1.0,
+                         clients_per_round=4), data)
     algo, d = e.algorithm, e.d
     w = torch.zeros(d)
     a = torch.zeros(d, dtype=torch.bool)

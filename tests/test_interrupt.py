@@ -18,6 +18,7 @@ import torch
 
 from emfl.nn.femnist import make_tiny_femnist
 from emfl.nn.runner import checkpoint_path as _checkpoint_path
+from emfl.nn.runner import load_checkpoint
 
 ROUNDS = 30
 
@@ -74,7 +75,7 @@ def _consistent(out):
     ckpt = checkpoint_path(out)
     if out.exists():
         assert ckpt.exists(), "a history without a checkpoint cannot be resumed"
-        saved = torch.load(ckpt, weights_only=True)
+        saved = load_checkpoint(ckpt)
         rounds = [r["round"] for r in json.loads(out.read_text())["records"]]
         assert not rounds or rounds[-1] <= saved["round"]
 
@@ -115,7 +116,7 @@ def test_sigkill_at_random_moments_then_resume_equals_the_straight_run(world):
         proc.wait(timeout=60)
         _consistent(out)
         ckpt = checkpoint_path(out)
-        resumed_from.append(int(torch.load(ckpt, weights_only=True)["round"]) if ckpt.exists() else -1)
+        resumed_from.append(int(load_checkpoint(ckpt)["round"]) if ckpt.exists() else -1)
         shown = [int(n) for n in re.findall(rf"(\d+)/{ROUNDS}", log.read_text())]
         assert resumed_from[-1] >= max(shown, default=-1), "a round that had ended was lost"
         done = _cli(world, out, resume=True)
@@ -138,7 +139,7 @@ def test_sigint_and_sigterm_save_the_round_and_say_how_to_continue(world, sig):
     assert proc.returncode == 130, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
-    saved = int(torch.load(checkpoint_path(out), weights_only=True)["round"])
+    saved = int(load_checkpoint(checkpoint_path(out))["round"])
     assert 10 <= saved < ROUNDS
     assert lines[0] == f"interrupted after round {saved}; continue with --resume ({out})"
     assert json.loads(out.read_text())["records"][-1]["round"] <= saved

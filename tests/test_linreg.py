@@ -227,3 +227,25 @@ def test_elbo_is_the_marginal_at_the_posterior_and_below_it_by_the_kl(fed):
         assert linreg.elbo(c, q_m, q_S, w, lam) == pytest.approx(linreg.log_marginal(c, w, lam) - kl, abs=1e-9)
     with pytest.raises(ValueError, match="positive definite"):
         linreg.elbo(c, m, -S, w, lam)
+
+
+def test_bad_inputs_are_refused_with_what_is_wrong(tiny):
+    # a negative definite covariance has a positive determinant in even dimension: the old check
+    # (the sign of det) let -I through, with an ELBO of 145.6
+    two = linreg.Client(np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), np.array([1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match="cov must be positive definite .*smallest eigenvalue is -1"):
+        linreg.elbo(two, np.zeros(2), -np.eye(2), np.zeros(2), lam=1.0)
+    with pytest.raises(ValueError, match="cov must be symmetric"):
+        linreg.elbo(two, np.zeros(2), np.array([[1.0, 0.5], [0.0, 1.0]]), np.zeros(2), lam=1.0)
+    with pytest.raises(ValueError, match="cov must be a 2 x 2 matrix"):
+        linreg.elbo(two, np.zeros(2), np.eye(3), np.zeros(2), lam=1.0)
+    # by hand for the 1-D client: A = 2, b = 4, lam = 1: the posterior is N(5/3, 1/3), accepted
+    m, cov = linreg.posterior(tiny, [1.0], 1.0)
+    assert m.tolist() == pytest.approx([5 / 3]) and cov.ravel().tolist() == pytest.approx([1 / 3])
+    assert linreg.elbo(tiny, m, cov, [1.0], 1.0) == pytest.approx(linreg.log_marginal(tiny, [1.0], 1.0))
+    with pytest.raises(ValueError, match="w holds 1 NaN or infinite entries of 1"):
+        linreg.posterior(tiny, [np.nan], 1.0)
+    with pytest.raises(ValueError, match="Client.X holds 1 NaN or infinite entries of 2"):
+        linreg.Client(np.array([[1.0], [np.nan]]), np.array([1.0, 3.0]))
+    with pytest.raises(ValueError, match="Client.y holds 1 NaN or infinite entries"):
+        linreg.Client(np.array([[1.0], [1.0]]), np.array([np.inf, 3.0]))

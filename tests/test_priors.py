@@ -92,3 +92,13 @@ def test_make_prior_and_bad_input():
         GaussianPrior(1.0).m_step(np.ones((2, 2)), weights=[-1, 0])
     with pytest.raises(ValueError, match="must have 2 columns"):
         MixturePrior(1.0).m_step(np.ones((2, 2)), np.ones((2, 3)))
+
+
+@pytest.mark.parametrize("prior, params", [(GaussianPrior(1.0), None), (LaplacePrior(1.0), None),
+                                           (MixturePrior(1.0), np.zeros((2, 3)))])
+def test_an_m_step_over_no_client_is_an_error_not_nan(prior, params):
+    with pytest.raises(ValueError, match="phis needs at least 1 row .*got 0"):
+        prior.m_step(np.empty((0, 3)), params)
+    with pytest.raises(ValueError, match="phis holds 1 NaN"):
+        prior.m_step(np.array([[0.0, np.nan, 1.0]]), params)
+    assert np.asarray(prior.m_step(np.array([[1.0, 2.0, 3.0]]), params)).shape[-1] == 3  # one client is enough

@@ -49,6 +49,7 @@ class _Count:
         self.calls.append(("server", rnd, None, state_vector(model).clone()))
 
 
+@pytest.mark.numeric
 def test_observers_see_each_clients_model_before_averaging_and_the_servers_after():
     cfg = RunConfig(task="bits", model="mlp-tanh", rounds=2, num_shards=4, clients_per_round=3, alpha=1.0,
                     server_opt="sgd", server_lr=1.0, device="cpu")

@@ -71,6 +71,7 @@ def _perturb(model, positions, scale=1.0, seed=0):
     load_state_vector(model, w)
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("name,shape", [("lenet5", (3, 32, 32)), ("lenet5-classic", (1, 28, 28))])
 def test_dead_values_change_nothing_and_alive_ones_do(name, shape):
     torch.manual_seed(0)
@@ -116,6 +117,7 @@ def test_group_sparse_wire_format_round_trip():
         GroupSparse.decode(blob[:-4], layout)
 
 
+@pytest.mark.numeric
 def test_unsent_squares_give_the_receiver_the_exact_norms():
     """fc 3 -> 4 -> 3 -> 2 with unit 1 of the first layer off: the second layer's rows lose their
     column 1 on the wire; sending its square per unit restores ||w_g||."""
@@ -141,6 +143,7 @@ def _conv2_inputs(model):
     return seen, handles
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_resnet20_gates_sit_after_batchnorm(mode):
     torch.manual_seed(0)

@@ -95,6 +95,7 @@ def _png_chunks(data: bytes) -> list:
     return chunks
 
 
+@pytest.mark.numeric
 def test_figures_are_byte_identical_with_one_and_two_threads(tmp_path):
     one, used_one = _draw_in_subprocess(tmp_path, "one", 1)
     two, used_two = _draw_in_subprocess(tmp_path, "two", 2)

@@ -26,6 +26,22 @@ def test_dense_is_little_endian_float32():
         wire.decode(form, payload[:8])
 
 
+def test_a_float64_run_sends_float64_and_counts_its_bytes():
+    msg = Dense(torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64))
+    form, payload = wire.encode(msg)
+    assert msg.nbytes == 24 and payload == struct.pack("<3d", 1.0, -2.0, 0.5) and form["f8"] is True
+    back = wire.decode(form, payload)
+    assert back.values.dtype == torch.float64 and back.values.tolist() == [1.0, -2.0, 0.5]
+    third = 1 / 3  # a value float32 cannot hold: it comes back to the last bit
+    layout = tiny_layout()
+    w = torch.full((layout.d,), third, dtype=torch.float64)
+    sparse = GroupSparse(w, torch.tensor([1.0, 0.0, 1.0, 0.0]), layout)
+    form, payload = wire.encode(sparse)
+    back = wire.decode(form, payload, layout=layout)
+    assert len(payload) == sparse.nbytes and torch.equal(back.values, sparse.values)
+    assert float(back.values.max()) == third
+
+
 def test_group_sparse_mask_then_alive_values():
     layout = tiny_layout()
     w = torch.arange(1.0, 27.0)  # 1 .. 26, every value different

@@ -72,7 +72,8 @@ def _client_runtime(settings: dict, data=None) -> Engine:
 
 
 def _floats(t: torch.Tensor) -> bytes:
-    return t.detach().cpu().numpy().astype("<f4").tobytes()
+    """Diagnostics as little-endian floats of the run's precision (float32, or float64)."""
+    return t.detach().cpu().numpy().astype(f"<f{t.dtype.itemsize}").tobytes()
 
 
 def client_train(settings: dict, msg: Message, context: Context, data=None) -> Message:
@@ -168,7 +169,8 @@ class FlowerRounds:
             self.transport["wire_bytes_up"] += len(rec["payload"])
             up = wire.decode(json.loads(rec["form"]), rec["payload"], getattr(algo, "layout", None),
                              getattr(msg, "units", None), base=getattr(msg, "values", None), device=engine.device)
-            stats = (torch.from_numpy(np.frombuffer(rec["stats"], dtype="<f4").copy()).to(engine.device)
+            stats = (torch.from_numpy(np.frombuffer(rec["stats"], dtype=f"<f{engine.dtype.itemsize}").copy())
+                     .to(engine.device)
                      if "stats" in rec else None)
             engine.receive(plan, job, msg, ClientResult(up, float(rec["loss"]), None, stats), float(rec["local_acc"]))
         return engine.end_round(plan)

@@ -118,6 +118,9 @@ class Engine:
     what the clients keep, the metrics."""
 
     def __init__(self, config: RunConfig, data):
+        if config.clients_per_round > data.num_clients:
+            raise ValueError(f"clients_per_round is {config.clients_per_round} but the data set has "
+                             f"{data.num_clients} clients: pass --clients-per-round {data.num_clients} or fewer")
         self.config = config
         self.data = data
         self.device = resolve_device(config.device)
@@ -125,7 +128,8 @@ class Engine:
         # training and evaluation in channels-last memory (the same values, laid out pixel by pixel):
         # faster convolutions and pooling on the CPU (a dense round 0.83x as long on CIFAR-10, 0.76x
         # on FEMNIST: benchmarks/sliced_speed.py); the state vector keeps the logical order
-        self.model = make_model(config.model, data.input_shape, data.num_classes).to(self.device)
+        self.dtype = torch.float64 if config.precision == "float64" else torch.float32
+        self.model = make_model(config.model, data.input_shape, data.num_classes).to(self.device, self.dtype)
         self.model = self.model.to(memory_format=torch.channels_last)
         w = state_vector(self.model).clone()
         self.eval_model = copy.deepcopy(self.model)
@@ -180,7 +184,7 @@ class Engine:
         bs = self.config.batch_size
         for b in range(0, len(y), bs):
             idx = perm[b:b + bs]
-            xb = self.data.normalize(x[idx], self.device)
+            xb = self.data.normalize(x[idx], self.device).to(self.dtype)
             if xb.dim() == 4:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             yield xb, y[idx].to(self.device)
@@ -271,7 +275,7 @@ class Engine:
         model.eval()
         correct = 0
         for b in range(0, len(y), batch):
-            xb = self.data.normalize(x[b:b + batch], self.device)
+            xb = self.data.normalize(x[b:b + batch], self.device).to(next(model.parameters()).dtype)
             if next(model.parameters()).is_contiguous(memory_format=torch.channels_last) and xb.dim() == 4:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             correct += (model(xb).argmax(1).cpu() == y[b:b + batch]).sum().item()

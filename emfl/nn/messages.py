@@ -1,8 +1,9 @@
 """What the server and the clients send each other, and its exact size in bytes.
 
 Every message an algorithm sends is one of these; the round loop adds up ``message.nbytes``, so
-no algorithm counts bytes itself.  A value is a float32 (4 bytes); a mask costs one bit per group,
-rounded up to whole bytes.  The payload is kept as a full-length vector (zeros where nothing is
+no algorithm counts bytes itself.  A value is a float32 (4 bytes; 8 in a run with
+``precision="float64"``, which tests use to compare two computations beyond round-off); a mask
+costs one bit per group, rounded up to whole bytes.  The payload is kept as a full-length vector (zeros where nothing is
 sent) so that the receiver can compute with it directly; the size counts only what an encoder
 would put on the wire.
 
@@ -29,10 +30,15 @@ import torch
 
 from emfl.nn.groups import GroupMap
 
-__all__ = ["FLOAT_BYTES", "Message", "Dense", "GroupSparse", "SubModel", "Masked", "PerGroup", "Thresholds", "Count",
+__all__ = ["FLOAT_BYTES", "value_bytes", "Message", "Dense", "GroupSparse", "SubModel", "Masked", "PerGroup", "Thresholds", "Count",
            "Bundle", "mask_bytes", "pack_bits", "unpack_bits"]
 
 FLOAT_BYTES = 4  # a float32 value
+
+
+def value_bytes(values: torch.Tensor) -> int:
+    """The bytes one value of ``values`` takes on the wire: 4 (float32), 8 (float64)."""
+    return values.element_size() if values.is_floating_point() else FLOAT_BYTES
 
 
 def mask_bytes(groups: int) -> int:
@@ -71,7 +77,7 @@ class Dense(Message):
 
     @cached_property
     def nbytes(self) -> int:
-        return FLOAT_BYTES * self.values.numel()
+        return value_bytes(self.values) * self.values.numel()
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,20 +104,23 @@ class GroupSparse(Message):
     @cached_property
     def nbytes(self) -> int:
         bits = mask_bytes(self.layout.num_groups) if self.mask_bits else 0
-        return FLOAT_BYTES * int(self.alive.sum()) + bits
+        return value_bytes(self.values) * int(self.alive.sum()) + bits
 
     def encode(self) -> bytes:
         """The wire format: the mask packed 8 units a byte (if sent), then the alive values as
-        little-endian float32 in state-vector order.  ``len(encode()) == nbytes``."""
+        little-endian float32 (float64 in a float64 run) in state-vector order.
+        ``len(encode()) == nbytes``."""
         import numpy as np
 
         head = np.packbits(self.mask.cpu().numpy() > 0).tobytes() if self.mask_bits else b""
-        sent = self.values.detach().cpu()[self.alive.cpu() > 0].numpy().astype("<f4")
+        sent = self.values.detach().cpu()[self.alive.cpu() > 0].numpy().astype(f"<f{value_bytes(self.values)}")
         return head + sent.tobytes()
 
     @classmethod
-    def decode(cls, blob: bytes, layout: GroupMap, mask: torch.Tensor | None = None) -> "GroupSparse":
-        """The message from its wire format (``mask``: when the mask was not in it)."""
+    def decode(cls, blob: bytes, layout: GroupMap, mask: torch.Tensor | None = None,
+               dtype: torch.dtype = torch.float32) -> "GroupSparse":
+        """The message from its wire format (``mask``: when the mask was not in it; ``dtype``: the
+        values' type, float32 unless the run is float64)."""
         import numpy as np
 
         G = layout.num_groups
@@ -121,10 +130,13 @@ class GroupSparse(Message):
         else:
             mask_bits = False
         alive = layout.alive(mask.float()) > 0
-        sent = np.frombuffer(blob, dtype="<f4")
+        width = torch.empty((), dtype=dtype).element_size()
+        if len(blob) % width:
+            raise ValueError(f"a group-sparse message's values are {width} bytes each; got {len(blob)} bytes")
+        sent = np.frombuffer(blob, dtype=f"<f{width}")
         if sent.size != int(alive.sum()):
             raise ValueError(f"a group-sparse message for this mask holds {int(alive.sum())} values; got {sent.size}")
-        values = torch.zeros(layout.d)
+        values = torch.zeros(layout.d, dtype=dtype)
         values[alive] = torch.from_numpy(sent.copy())
         return cls(values, mask, layout, mask_bits)
 
@@ -142,7 +154,7 @@ class SubModel(Message):
 
     @cached_property
     def nbytes(self) -> int:
-        return FLOAT_BYTES * self.layout.submodel_values(self.units)
+        return value_bytes(self.values) * self.layout.submodel_values(self.units)
 
 
 @dataclass(frozen=True, eq=False)
@@ -161,7 +173,7 @@ class Masked(Message):
 
     @property
     def nbytes(self) -> int:
-        return FLOAT_BYTES * int(self.mask.sum()) + mask_bytes(self.mask_bits)
+        return value_bytes(self.values) * int(self.mask.sum()) + mask_bytes(self.mask_bits)
 
 
 @dataclass(frozen=True, eq=False)
@@ -175,7 +187,7 @@ class PerGroup(Message):
     @cached_property
     def nbytes(self) -> int:
         sent = self.values.numel() if self.mask is None else int(self.mask.sum())
-        return FLOAT_BYTES * sent
+        return value_bytes(self.values) * sent
 
 
 Thresholds = PerGroup

@@ -9,8 +9,13 @@
   else the user's cache, outside the work tree): the server state every ``checkpoint_every``
   rounds (default: every round), at every evaluation and at the end, so that ``resume=True``
   continues, bit for bit on the same device, where the last checkpoint stopped, in this session
-  or a later one.  It is written before the JSON, so the history is never ahead of it, and read
-  with ``weights_only=True`` (a checkpoint cannot run code).
+  or a later one.  It is written before the JSON, so the history is never ahead of it, carries
+  the SHA-256 of its content (checked on load: a damaged file is refused, never trained on), and
+  is read with ``weights_only=True`` (a checkpoint cannot run code).
+
+One run writes a history at a time: a lock beside the history (``.NAME.json.lock``, an OS lock
+that dies with its process, so ``kill -9`` leaves nothing to clear by hand) refuses a second
+writer.  Temporary files that a killed write left behind are removed at the next start.
 
 SIGINT (Ctrl-C) or SIGTERM end the current round, write both files and raise
 :class:`Interrupted`; ``kill -9`` at any moment loses at most ``checkpoint_every`` rounds.  A run
@@ -20,7 +25,10 @@ history in place.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
+import io
 import json
 import os
 import platform
@@ -35,11 +43,118 @@ import torch
 from emfl.nn.data import DataError, _umask, atomic_save
 from emfl.nn.engine import Diverged, Engine, RunConfig
 
-__all__ = ["run", "load_task_data", "checkpoint_dir", "checkpoint_path", "write_json_atomic", "RunError"]
+__all__ = ["run", "load_task_data", "checkpoint_dir", "checkpoint_path", "write_json_atomic", "RunError",
+           "save_checkpoint", "load_checkpoint", "CheckpointError", "HistoryLock"]
 
 
 class RunError(RuntimeError):
     """A run that cannot start or continue as asked; the message says what to do."""
+
+
+class CheckpointError(RunError):
+    """A checkpoint that cannot be read, or whose content does not match its checksum."""
+
+
+CHECKPOINT_FORMAT = 2  # a dict {"emfl_checkpoint": 2, "sha256": hex, "payload": uint8 tensor}
+
+
+def save_checkpoint(state: dict, path) -> Path:
+    """Write ``state`` (a run's :meth:`~emfl.nn.engine.Engine.state_dict`) to ``path``, atomically,
+    with the SHA-256 of its serialised bytes, so that :func:`load_checkpoint` can tell a damaged
+    file from a good one."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    payload = buf.getvalue()
+    return atomic_save({"emfl_checkpoint": CHECKPOINT_FORMAT, "sha256": hashlib.sha256(payload).hexdigest(),
+                        "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}, path)
+
+
+def load_checkpoint(path) -> dict:
+    """The run state in the checkpoint ``path``, read without unpickling code
+    (``weights_only=True``) and checked against its SHA-256.  Raises :class:`CheckpointError`
+    for a file that is empty, truncated, altered or not a checkpoint.  (A checkpoint written
+    before checksums were added, a bare state dict, is read as it is.)"""
+    path = Path(path)
+    try:
+        outer = torch.load(path, weights_only=True)
+    except Exception as err:
+        raise CheckpointError(_unreadable(path, err)) from None
+    if isinstance(outer, dict) and "emfl_checkpoint" in outer:
+        payload = outer.get("payload")
+        if not isinstance(payload, torch.Tensor) or payload.dtype != torch.uint8:
+            raise CheckpointError(_unreadable(path, "no payload"))
+        blob = payload.numpy().tobytes()
+        if hashlib.sha256(blob).hexdigest() != outer.get("sha256"):
+            raise CheckpointError(_unreadable(path, "its content does not match its SHA-256 checksum: the file was "
+                                                    "damaged or altered after it was written"))
+        try:
+            state = torch.load(io.BytesIO(blob), weights_only=True)
+        except Exception as err:
+            raise CheckpointError(_unreadable(path, err)) from None
+    else:
+        state = outer
+    if not isinstance(state, dict) or "round" not in state or "config" not in state:
+        raise CheckpointError(_unreadable(path, "it holds no run state"))
+    return state
+
+
+def _unreadable(path: Path, why) -> str:
+    text = str(why).strip()
+    why = text.splitlines()[0][:200] if text else f"{type(why).__name__}, no message: an empty or truncated file"
+    size = path.stat().st_size if path.exists() else 0
+    return f"the checkpoint {path} cannot be read ({why}; {size} bytes)"
+
+
+class HistoryLock:
+    """The right to write the history ``out`` (and so its checkpoint): an exclusive OS lock on
+    ``.NAME.json.lock`` beside it, held while the run lasts.  A second run of the same history,
+    in this process or another, is refused with :class:`RunError`; the lock dies with its
+    process (``kill -9`` included), and the lock file is removed when the run ends."""
+
+    def __init__(self, out):
+        self.out = Path(out).expanduser().resolve()
+        self.path = self.out.parent / f".{self.out.name}.lock"
+        self._fd = None
+
+    def __enter__(self) -> "HistoryLock":
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno in (errno.EAGAIN, errno.EACCES):
+                raise RunError(f"another run is writing {self.out} now (it holds {self.path}); wait for it to end, "
+                               "stop it, or choose another --out (two writers would lose one run's work)") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if self._fd is not None:
+            try:
+                os.unlink(self.path)  # while still held: no other run can be between its open and its lock
+            except OSError:
+                pass
+            os.close(self._fd)
+            self._fd = None
+        return False
+
+
+def _remove_leftovers(out: Path, ckpt: Path) -> list:
+    """Temporary files of ``out`` and its checkpoint that a killed write left (``.NAME.*.tmp``);
+    removed, while the history's lock is held, so none belongs to a running write."""
+    gone = []
+    for path in (out, ckpt):
+        for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+            try:
+                tmp.unlink()
+                gone.append(tmp)
+            except OSError:
+                pass
+    return gone
 
 
 def checkpoint_dir(directory=None) -> Path:
@@ -153,16 +268,26 @@ class _StopRequests:
         return False
 
 
-def _load_checkpoint(ckpt: Path) -> dict:
-    """A checkpoint, read without unpickling code (``weights_only=True``)."""
+def _load_checkpoint(ckpt: Path, out: Path) -> dict:
+    """:func:`load_checkpoint`, with what to do when it cannot be used."""
     try:
-        state = torch.load(ckpt, weights_only=True)
-        if not isinstance(state, dict) or "round" not in state or "config" not in state:
-            raise ValueError("it holds no run state")
-        return state
-    except Exception as err:
-        raise RunError(f"the checkpoint {ckpt} cannot be read ({str(err).splitlines()[0][:200]}); "
-                       f"delete it (and {ckpt.with_suffix('')}) to start afresh") from None
+        return load_checkpoint(ckpt)
+    except CheckpointError as err:
+        raise CheckpointError(f"{err}; to start this run afresh delete it and the history {out}, "
+                              "or choose another --out") from None
+
+
+def _write_failed(err: Exception, engine, ckpt: Path, out: Path, last_saved: int) -> RunError:
+    """A :class:`RunError` for a checkpoint or history that could not be written (a full disk, a
+    read-only folder): what happened, and that what was saved before stands."""
+    why = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        why = "no space left on the device"
+    saved = (f"round {last_saved} and every round before it are safe in {ckpt} and {out}" if last_saved >= 0
+             else "no round had finished")
+    return RunError(f"could not write the checkpoint or history of round {engine.round} ({why}): the disk may be "
+                    f"full or the folder read-only. Nothing finished was lost: {saved}. Free some space or fix the "
+                    "folder's permissions (or pass --checkpoint-dir), then continue with --resume")
 
 
 def run(config: RunConfig, out, data_dir=None, resume: bool = False, download: bool = False,
@@ -182,12 +307,18 @@ def run(config: RunConfig, out, data_dir=None, resume: bool = False, download: b
     if out.suffix != ".json":
         raise RunError(f"--out must name a .json file; got {out}")
     ckpt = checkpoint_path(out, checkpoint_dir)
+    with HistoryLock(out):
+        _remove_leftovers(out, ckpt)
+        return _run_locked(config, out, ckpt, data_dir, resume, download, data, progress, round_fn, transport)
+
+
+def _run_locked(config, out: Path, ckpt: Path, data_dir, resume, download, data, progress, round_fn, transport):
     if resume and not ckpt.exists() and _beside(out).exists():
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(_beside(out)), str(ckpt))
     state = None
     if resume and ckpt.exists():
-        state = _load_checkpoint(ckpt)
+        state = _load_checkpoint(ckpt, out)
         try:
             saved = RunConfig(**state["config"])
         except (TypeError, ValueError) as err:
@@ -197,6 +328,10 @@ def run(config: RunConfig, out, data_dir=None, resume: bool = False, download: b
         if diff:
             raise RunError(f"the checkpoint {ckpt} was made with other settings ({', '.join(diff)}); "
                            "resume with the same settings or choose another --out")
+        if config.rounds < int(state["round"]):
+            raise RunError(f"the checkpoint {ckpt} is at round {state['round']}, past --rounds {config.rounds}: "
+                           f"pass --rounds {state['round']} or more (a history never holds more rounds than its "
+                           "config says)")
     elif resume and out.exists():
         raise RunError(f"{out} has no checkpoint {ckpt} to continue from; choose another --out to start "
                        "afresh (or delete the history to start this one again)")
@@ -208,10 +343,16 @@ def run(config: RunConfig, out, data_dir=None, resume: bool = False, download: b
     engine = Engine(config, data)
     if state is not None:
         engine.load_state_dict(state)
+    last_saved = int(state["round"]) if state is not None else -1
 
     def save(complete: bool):
-        atomic_save(engine.state_dict(), ckpt)  # first the checkpoint, then the history
-        write_json_atomic(_document(engine, complete, transport), out)
+        nonlocal last_saved
+        try:
+            save_checkpoint(engine.state_dict(), ckpt)  # first the checkpoint, then the history
+            write_json_atomic(_document(engine, complete, transport), out)
+        except (OSError, RuntimeError) as err:
+            raise _write_failed(err, engine, ckpt, out, last_saved) from None
+        last_saved = engine.round
 
     if state is None or engine.round >= config.rounds:
         save(complete=engine.round >= config.rounds)  # both files exist from the start
@@ -229,8 +370,7 @@ def run(config: RunConfig, out, data_dir=None, resume: bool = False, download: b
                 try:
                     info = step(engine)
                 except Diverged as err:
-                    last = _load_checkpoint(ckpt)["round"]
-                    raise Diverged(f"{err}; the last good checkpoint (round {last}) is {ckpt}; "
+                    raise Diverged(f"{err}; the last good checkpoint (round {last_saved}) is {ckpt}; "
                                    f"the history so far is in {out}") from None
                 r = engine.round
                 evaluated = r % config.eval_every == 0 or r == config.rounds

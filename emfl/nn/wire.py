@@ -16,7 +16,8 @@ the payload leaves out, the receiver supplies itself:
   group-sparse part before it (FedSparse's thresholds and FedL1's norms travel for the units the
   model part keeps).
 
-Values are little-endian float32 in state-vector order; masks are packed 8 units a byte, the first
+Values are little-endian float32 in state-vector order (float64 in a run with
+``precision="float64"``: the form then says ``"f8": true``); masks are packed 8 units a byte, the first
 unit in the highest bit.  :class:`Masked` (FedSpa's personal masks) has no wire form yet: its reply
 carries a new mask the message object does not hold.
 """
@@ -26,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from emfl.nn.messages import Bundle, Count, Dense, GroupSparse, Message, PerGroup, SubModel
+from emfl.nn.messages import Bundle, Count, Dense, GroupSparse, Message, PerGroup, SubModel, value_bytes
 
 __all__ = ["encode", "decode", "WireError"]
 
@@ -36,13 +37,19 @@ class WireError(ValueError):
 
 
 def _floats(t: torch.Tensor) -> bytes:
-    return t.detach().cpu().numpy().astype("<f4", copy=False).tobytes()
+    return t.detach().cpu().numpy().astype(f"<f{value_bytes(t)}", copy=False).tobytes()
 
 
-def _read_floats(buf: bytes, n: int) -> torch.Tensor:
-    if len(buf) != 4 * n:
-        raise WireError(f"expected {n} float32 values ({4 * n} bytes); got {len(buf)} bytes")
-    return torch.from_numpy(np.frombuffer(buf, dtype="<f4").copy())
+def _read_floats(buf: bytes, n: int, dtype=torch.float32) -> torch.Tensor:
+    width = torch.empty((), dtype=dtype).element_size()
+    if len(buf) != width * n:
+        raise WireError(f"expected {n} {str(dtype).removeprefix('torch.')} values ({width * n} bytes); "
+                        f"got {len(buf)} bytes")
+    return torch.from_numpy(np.frombuffer(buf, dtype=f"<f{width}").copy())
+
+
+def _values_of(msg: Message):
+    return getattr(msg, "values", None)
 
 
 def encode(msg: Message, _mask=None) -> tuple:
@@ -73,6 +80,9 @@ def encode(msg: Message, _mask=None) -> tuple:
         form, payload = {"kind": "bundle", "parts": parts}, b"".join(blobs)
     else:
         raise WireError(f"{type(msg).__name__} messages have no wire form; run this algorithm with `python -m emfl run`")
+    values = _values_of(msg)
+    if isinstance(values, torch.Tensor) and values.dtype == torch.float64:
+        form["f8"] = True
     if len(payload) != msg.nbytes:  # the wire and the count agree, always
         raise WireError(f"{type(msg).__name__}: {len(payload)} bytes encoded but {msg.nbytes} counted")
     return form, payload
@@ -102,8 +112,9 @@ def _to(msg: Message, device) -> Message:
 
 def _decode(form: dict, payload: bytes, layout=None, units=None, base=None, _mask=None) -> Message:
     kind = form.get("kind")
+    dtype = torch.float64 if form.get("f8") else torch.float32
     if kind == "dense":
-        return Dense(_read_floats(payload, form["n"]))
+        return Dense(_read_floats(payload, form["n"], dtype))
     if kind in ("group-sparse", "submodel"):
         if layout is None:
             raise WireError(f"a {kind} message needs the model's layout to place its values")
@@ -114,24 +125,24 @@ def _decode(form: dict, payload: bytes, layout=None, units=None, base=None, _mas
             if not form["mask_bits"]:
                 raise WireError("a group-sparse message without its mask cannot be placed")
             try:
-                return GroupSparse.decode(payload, layout)
+                return GroupSparse.decode(payload, layout, dtype=dtype)
             except ValueError as err:
                 raise WireError(str(err)) from None
         if units is None:
             raise WireError("a submodel message needs the kept units, which the receiver draws itself")
         mask, body = units.float().cpu(), payload
         alive = layout.alive(mask) > 0
-        values = torch.zeros(d) if base is None else base.detach().cpu().clone()
-        values[alive] = _read_floats(body, int(alive.sum()))
+        values = torch.zeros(d, dtype=dtype) if base is None else base.detach().cpu().to(dtype).clone()
+        values[alive] = _read_floats(body, int(alive.sum()), dtype)
         return SubModel(values, units, layout)
     if kind == "per-group":
         n = form["n"]
         if not form["masked"]:
-            return PerGroup(_read_floats(payload, n))
+            return PerGroup(_read_floats(payload, n, dtype))
         if _mask is None:
             raise WireError("a masked per-group part must follow the group-sparse part whose mask it uses")
-        values = torch.zeros(n)
-        values[_mask > 0] = _read_floats(payload, int((_mask > 0).sum()))
+        values = torch.zeros(n, dtype=dtype)
+        values[_mask > 0] = _read_floats(payload, int((_mask > 0).sum()), dtype)
         return PerGroup(values, _mask)
     if kind == "count":
         if len(payload) != 4:

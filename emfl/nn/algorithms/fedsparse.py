@@ -49,6 +49,7 @@ __all__ = ["FedSparse", "Params", "regulariser", "regulariser_slope", "T", "THET
 # Adamax, server Adamax) and the scale of the gates' cross-entropy.
 T, THETA0, PRUNE = 1e-3, 0.99, 0.1
 CLIENT_V_LR, SERVER_V_LR, CE_SCALE = 1e-3, 1e-2, 1e-4
+LAM0_MAX = 1.0  # past it lam0 |g| prunes everything, and far past it overflows float32 (1e38 |g| = inf)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,10 @@ class Params:
 
     def __post_init__(self):
         check_nonnegative("lam0", self.lam0)
+        if self.lam0 > LAM0_MAX:
+            raise ValueError(f"lam0 must be at most {LAM0_MAX:g}; got {self.lam0!r}: it is an L0 cost per weight (per "
+                             "example with sparse_reg example), and one of 1 already outweighs any data loss and prunes "
+                             "every unit (the paper's levels are 5e-7, 5e-6 and 5e-5)")
         check_choice("sparse_reg", self.sparse_reg, ("batch", "example"))
 
 
@@ -135,7 +140,7 @@ class FedSparse(Algorithm):
         v_state = opt_v.init(v)
         params = list(net.parameters())
         n_s = len(run.data.train_y[job.s]) if self.params.sparse_reg == "example" else 1
-        slope = regulariser_slope(theta, layout.sizes.to(run.device).float(), lam0, n_s)
+        slope = regulariser_slope(theta, layout.sizes.to(run.device, theta.dtype), lam0, n_s)
         losses = []
         for _ in range(run.config.local_epochs):  # for epoch e in 1..E
             for x, y in run.batches(job.s, job.gen):  # for batch b in B
