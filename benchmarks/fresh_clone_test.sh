@@ -24,7 +24,7 @@ echo "fresh clone of $(git rev-parse --short HEAD) in $work/main; $(nproc) cores
 start=$(date +%s)
 ./dev setup
 echo "setup: $(( $(date +%s) - start )) s ($(.venv/bin/python benchmarks/env_size.py --top 0 | sed -n 1p));" \
-     "this CPU's kernels: $(.venv/bin/python -c 'import torch; print(torch.backends.cpu.get_cpu_capability())')"
+     "this CPU's kernels: $(env -u ATEN_CPU_CAPABILITY .venv/bin/python -c 'import torch; print(torch.backends.cpu.get_cpu_capability())')"
 status=0
 for setting in "${settings[@]}"; do
     env_words=()

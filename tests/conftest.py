@@ -21,3 +21,12 @@ def fed():
 def _checkpoints_in_tmp(tmp_path_factory, monkeypatch):
     """Runs started by the tests keep their checkpoints in a temporary folder, not the user's cache."""
     monkeypatch.setenv("EMFL_CHECKPOINT_DIR", str(tmp_path_factory.mktemp("checkpoints")))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _figures_in_tmp(tmp_path_factory):
+    """Figures the tests draw go to a temporary folder (``./dev test`` sets one too), never to figures/."""
+    import os
+
+    if not os.environ.get("EMFL_FIGURES_DIR"):
+        os.environ["EMFL_FIGURES_DIR"] = str(tmp_path_factory.mktemp("figures"))

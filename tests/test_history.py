@@ -256,3 +256,37 @@ def test_one_line_per_seed_and_one_label_per_method():
     assert list(ax.lines[0].get_xdata()) == [10]  # cut at round 10
     assert ax.lines[2].get_color() == history.COLOURS["FedSparse mid"]
     plt.close(fig)
+
+
+def test_the_rerun_spread_by_hand(tmp_path):
+    # the committed run and two re-runs of it under other CPU kernels: same config, other last digits
+    a = _doc("fedsparse", [_rec(10, 0.25, 0.70, 0.5, sparsity=0.30), _rec(20, 0.40, 0.80, 1.0, sparsity=0.35)],
+             lam0=5e-6, rounds=1000, eval_every=10)
+    b = _doc("fedsparse", [_rec(10, 0.27, 0.71, 0.5, sparsity=0.28), _rec(20, 0.36, 0.79, 1.1, sparsity=0.35)],
+             lam0=5e-6, rounds=20, eval_every=10, precision="float32")  # a setting the older run lacks
+    rows = history.rerun_spread({"committed": a, "default": b}, (10, 20))
+    assert [(r["round"], r["metric"]) for r in rows] == [(10, "global_acc"), (10, "local_acc"), (10, "sparsity"),
+                                                           (10, "cum_gib"), (20, "global_acc"), (20, "local_acc"),
+                                                           (20, "sparsity"), (20, "cum_gib")]
+    assert rows[0]["values"] == {"committed": 0.25, "default": 0.27} and rows[0]["range"] == pytest.approx(0.02)
+    assert rows[4]["range"] == pytest.approx(0.04) and rows[6]["range"] == 0.0
+    table = history.format_rerun_spread(rows).splitlines()
+    assert table[0].split() == ["round", "metric", "committed", "default", "range"]
+    assert table[2].split() == ["10", "global_acc", "25.00", "27.00", "2.00"]  # in %
+    assert table[5].split() == ["10", "cum_gib", "0.500", "0.500", "0.000"]  # GiB as they are
+    # FedAvg records no sparsity: that row is left out, not filled with None
+    plain = [_doc("fedavg", [_rec(10, 0.3, 0.7, 0.5)]), _doc("fedavg", [_rec(10, 0.31, 0.7, 0.5)])]
+    assert [r["metric"] for r in history.rerun_spread(dict(enumerate(plain)), (10,))] == ["global_acc", "local_acc", "cum_gib"]
+    with pytest.raises(ValueError, match="the runs differ in lam0: they do not compute the same rounds"):
+        history.rerun_spread({"a": a, "b": _doc("fedsparse", b["records"], lam0=5e-5)}, (10,))
+    with pytest.raises(ValueError, match="run 'a' has no record at round 15"):
+        history.rerun_spread({"a": a, "b": b}, (15,))
+    with pytest.raises(ValueError, match="two runs or more"):
+        history.rerun_spread({"a": a}, (10,))
+    # load_reruns reads the files of one configuration by label
+    for label, doc in (("default", a), ("avx2", b)):
+        (tmp_path / f"cifar10_fedsparse-mid_seed0_{label}.json").write_text(json.dumps(doc))
+    (tmp_path / "cifar10_fedavg_seed0_default.json").write_text(json.dumps(plain[0]))
+    assert list(history.load_reruns(tmp_path, "cifar10", "fedsparse-mid")) == ["avx2", "default"]
+    with pytest.raises(FileNotFoundError, match="no re-runs femnist_fedavg_seed0_LABEL.json"):
+        history.load_reruns(tmp_path, "femnist", "fedavg")

@@ -106,13 +106,12 @@ def test_slider_panel_redraws_and_needs_controls():
     plt.close("all")
 
 
-def test_cli_reports_a_missing_tutorials_folder(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "emfl", "figures", "--tutorials", str(tmp_path / "nowhere")],
-        capture_output=True, text=True,
-    )
-    assert out.returncode == 2
-    assert "no tutorials folder" in out.stderr and "--tutorials" in out.stderr
+def test_cli_reports_a_missing_tutorials_folder(tmp_path, capsys):
+    from emfl.__main__ import main
+
+    assert main(["figures", "--tutorials", str(tmp_path / "nowhere")]) == 2  # in process: the parsing is tested
+    err = capsys.readouterr().err
+    assert "no tutorials folder" in err and "--tutorials" in err
 
 
 def test_setup_notebook_sets_print_precision_and_seed():
@@ -159,3 +158,18 @@ def test_flower_stays_an_optional_extra():
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert any(r.startswith("flwr") for r in extras["flower"])
     assert "'.[test,flower]'" in (ROOT / "dev").read_text()  # the test command installs it
+
+
+@pytest.mark.numeric
+def test_the_kernel_set_asked_for_is_the_one_torch_uses():
+    """./dev cpu-matrix sets ATEN_CPU_CAPABILITY for each run: torch must really compute with that
+    kernel set (a misspelt or ignored setting would test the machine's own kernels twice)."""
+    import os
+
+    import torch
+
+    asked = os.environ.get("ATEN_CPU_CAPABILITY")
+    used = torch.backends.cpu.get_cpu_capability()
+    assert used in ("DEFAULT", "AVX2", "AVX512", "ZVECTOR", "VSX", "SVE256") or used.startswith(("SVE", "NEON"))
+    if asked:
+        assert used == asked.upper(), f"ATEN_CPU_CAPABILITY={asked} but torch computes with {used}"

@@ -201,3 +201,10 @@ def test_an_absurd_lam0_is_refused_and_the_largest_allowed_runs(data):
         assert torch.isfinite(e.w).all() and torch.isfinite(e.server["v"]).all()
         sparsity[lam0] = info["sparsity"]
     assert sparsity[1.0] > sparsity[0.0]  # it computes, and the L0 cost prunes
+
+
+def test_the_history_records_the_kernels_it_was_computed_with(tmp_path, data):
+    doc = run(RunConfig(rounds=1, **CFG), tmp_path / "r.json", data=data, progress=False)
+    hw = json.loads((tmp_path / "r.json").read_text())["hardware"]
+    assert hw == doc["hardware"] and hw["cpu_kernels"] == torch.backends.cpu.get_cpu_capability()
+    assert hw["threads"] == torch.get_num_threads()

@@ -9,7 +9,8 @@ import numpy as np
 
 __all__ = ["load_history", "column", "plot_metric", "summary", "method_name", "record_at", "load_runs",
            "comparison", "format_comparison", "cut", "gib_to_reach", "first_reach", "reach_table", "settled_round",
-           "extrapolate_gib", "extrapolation_table", "seed_spread", "plot_runs", "plot_seeds", "quick_mode", "PAPER",
+           "extrapolate_gib", "extrapolation_table", "seed_spread", "load_reruns", "rerun_spread", "format_rerun_spread",
+           "plot_runs", "plot_seeds", "quick_mode", "PAPER",
            "LAM0_LEVELS", "fedavg_gib", "lam0_study", "load_lam0_study", "format_lam0_study", "reading_fit", "plot_lam0_study"]
 
 METRICS = ("global_acc", "local_acc", "cum_gib", "round", "seconds", "train_loss", "sparsity", "sparsity_own", "tv_mean", "tv_max")
@@ -374,19 +375,87 @@ def extrapolation_table(runs: dict, rnd: int, task: str) -> str:
     return "\n".join(lines)
 
 
+# settings that say how long a run goes, how often it is saved or evaluated and where it computes,
+# not what it computes: two runs that differ only in these compute the same rounds
+_NOT_COMPUTATION = ("rounds", "checkpoint_every", "device", "client_batching", "client_compute", "eval_every", "preset")
+
+
+def _differing_settings(docs: list, also=()) -> list:
+    """The settings (other than ``_NOT_COMPUTATION`` and ``also``) in which the runs' configs differ.
+    A setting one history does not record (it predates it) is not a difference; "" equals None."""
+    keep = {k: v for k, v in docs[0]["config"].items() if k not in _NOT_COMPUTATION + tuple(also)}
+    diff = set()
+    for doc in docs[1:]:
+        cfg = doc["config"]
+        diff.update(k for k in keep if k in cfg and (cfg[k] or None) != (keep[k] or None))
+    return sorted(diff)
+
+
 def seed_spread(docs: list, rnd: int, metric: str = "global_acc") -> dict:
     """``metric`` at round ``rnd`` over runs that differ only in their seed: ``mean``, ``min``,
     ``max``, ``n`` and the ``seeds``; a clear error if the runs differ in anything else."""
     if not docs:
         raise ValueError("no runs given")
-    keep = {k: v for k, v in docs[0]["config"].items() if k not in ("seed", "rounds", "checkpoint_every", "device",
-                                                                     "client_batching", "client_compute", "eval_every")}
-    for doc in docs[1:]:
-        cfg = doc["config"]
-        # a setting one history does not record (it predates it) is not a difference; "" is no preset
-        diff = sorted(k for k in keep if k in cfg and (cfg[k] or None) != (keep[k] or None))
-        if diff:
-            raise ValueError(f"the runs differ in {', '.join(diff)}, not only in the seed")
+    diff = _differing_settings(docs, also=("seed",))
+    if diff:
+        raise ValueError(f"the runs differ in {', '.join(diff)}, not only in the seed")
     values = np.array([record_at(doc, rnd)[metric] for doc in docs], dtype=float)
     return {"mean": float(values.mean()), "min": float(values.min()), "max": float(values.max()), "n": len(docs),
             "seeds": [doc["config"]["seed"] for doc in docs]}
+
+
+def load_reruns(directory, task: str, algo: str, seed: int = 0) -> dict:
+    """Re-runs of one configuration that differ only in how the CPU computes (PyTorch's kernel set,
+    ``ATEN_CPU_CAPABILITY``): ``label -> history`` from the files ``{task}_{algo}_seed{seed}_{label}.json``
+    in ``directory`` (``results/kernels``: labels ``default``, ``avx2``)."""
+    prefix = f"{task}_{algo}_seed{seed}_"
+    found = {path.stem[len(prefix):]: load_history(path) for path in sorted(Path(directory).glob(prefix + "*.json"))}
+    if not found:
+        raise FileNotFoundError(f"no re-runs {prefix}LABEL.json in {directory}")
+    return found
+
+
+RERUN_METRICS = ("global_acc", "local_acc", "sparsity", "cum_gib")
+
+
+def rerun_spread(runs: dict, rounds, metrics=RERUN_METRICS) -> list:
+    """How far runs of one configuration land apart (``runs``: label -> history; e.g. the committed
+    run and its re-runs under other CPU kernels): for each round of ``rounds`` and each metric the
+    runs record, every run's value and the range (largest minus smallest).  A clear error if the
+    runs differ in a setting that changes what they compute, or one did not evaluate a round."""
+    docs = list(runs.values())
+    if len(docs) < 2:
+        raise ValueError("rerun_spread needs two runs or more")
+    diff = _differing_settings(docs)
+    if diff:
+        raise ValueError(f"the runs differ in {', '.join(diff)}: they do not compute the same rounds")
+    rows = []
+    for rnd in rounds:
+        recs = {}
+        for label, doc in runs.items():
+            rec = record_at(doc, rnd)
+            if rec["round"] != rnd:
+                raise ValueError(f"run {label!r} has no record at round {rnd}")
+            recs[label] = rec
+        for metric in metrics:
+            values = {label: r.get(metric) for label, r in recs.items()}
+            if any(v is None for v in values.values()):
+                continue
+            rows.append({"round": rnd, "metric": metric, "values": values,
+                         "range": max(values.values()) - min(values.values())})
+    return rows
+
+
+def format_rerun_spread(rows: list) -> str:
+    """:func:`rerun_spread`'s rows as a text table: accuracies and sparsity in %, GiB as they are."""
+    if not rows:
+        return ""
+    labels = list(rows[0]["values"])
+    head = f"{'round':>5}  {'metric':<10}" + "".join(f"{label:>11}" for label in labels) + f"{'range':>9}"
+    lines = [head, "-" * len(head)]
+    for row in rows:
+        pct = row["metric"] != "cum_gib"
+        fmt = (lambda v: f"{100 * v:.2f}") if pct else (lambda v: f"{v:.3f}")
+        lines.append(f"{row['round']:>5}  {row['metric']:<10}" + "".join(f"{fmt(v):>11}" for v in row["values"].values())
+                     + f"{fmt(row['range']):>9}")
+    return "\n".join(lines)

@@ -118,15 +118,22 @@ class HistoryLock:
 
     def __enter__(self) -> "HistoryLock":
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                os.close(fd)
+                if err.errno in (errno.EAGAIN, errno.EACCES):
+                    raise RunError(f"another run is writing {self.out} now (it holds {self.path}); wait for it to "
+                                   "end, stop it, or choose another --out (two writers would lose one run's work)") from None
+                raise
+            try:  # the file we locked is still the one at the path (a run ending removes it): else again
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
             os.close(fd)
-            if err.errno in (errno.EAGAIN, errno.EACCES):
-                raise RunError(f"another run is writing {self.out} now (it holds {self.path}); wait for it to end, "
-                               "stop it, or choose another --out (two writers would lose one run's work)") from None
-            raise
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
@@ -217,7 +224,8 @@ def load_task_data(config: RunConfig, data_dir=None, download: bool = False):
 
 def _hardware(engine: Engine) -> dict:
     hw = {"device": str(engine.device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-          "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+          "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+          "cpu_kernels": torch.backends.cpu.get_cpu_capability()}  # PyTorch's kernel set: its float32 round-off
     if engine.device.type == "cuda":
         hw["gpu"] = torch.cuda.get_device_name(engine.device)
     return hw
