@@ -106,6 +106,7 @@ def test_server_pruning_zeroes_groups_and_shrinks_the_download():
     dead = 32 * 76 + 64 * 32 * 25
     assert info["sparsity"] == pytest.approx(dead / e.d, rel=1e-6)
     assert info["sparsity_own"] == pytest.approx(32 * 76 / e.d, rel=1e-6)
+    assert info["alive_units"]["conv1"] == 0 and info["alive_units"]["conv2"] <= 64  # per layer, by name
     before = e.bytes_down
     e.run_round()
     G = e.algorithm.layout.num_groups
@@ -358,3 +359,15 @@ def test_lenet_pools_before_the_relu_with_the_same_values_and_gradients():
         grads.append(torch.autograd.grad(out.square().sum(), list(model.parameters())))
     assert torch.equal(outs[0], outs[1])
     assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def test_fedl1_records_the_units_alive_per_layer():
+    data = tiny_federation(clients=4, n=16, m=4)
+    probe = Engine(RunConfig(algo="fedl1", lam=1.0, rounds=1, clients_per_round=4), data)
+    layout = probe.algorithm.layout
+    norms = layout.norms(probe.w)
+    lam = float(norms.median())  # about half of the units start below it and are not sent
+    e = Engine(RunConfig(algo="fedl1", lam=lam, rounds=1, clients_per_round=2, batch_size=8), data)
+    info = e.run_round()
+    want = {l.name: int((norms[a:b] > lam).sum()) for l, (a, b) in zip(layout.layers, layout.layer_slices)}
+    assert info["alive_units"] == want and sum(want.values()) < layout.num_groups  # the server's own count

@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from emfl.nn import history  # noqa: E402
@@ -290,3 +291,14 @@ def test_the_rerun_spread_by_hand(tmp_path):
     assert list(history.load_reruns(tmp_path, "cifar10", "fedsparse-mid")) == ["avx2", "default"]
     with pytest.raises(FileNotFoundError, match="no re-runs femnist_fedavg_seed0_LABEL.json"):
         history.load_reruns(tmp_path, "femnist", "fedavg")
+
+
+def test_alive_units_per_layer_over_a_run():
+    old = _rec(10, 0.3, 0.7, 0.5, sparsity=0.2)  # written before records held alive_units
+    doc = _doc("fedsparse", [old, _rec(20, 0.4, 0.8, 1.0, sparsity=0.3, alive_units={"conv1": 20, "conv2": 60, "fc1": 400}),
+                             _rec(30, 0.5, 0.8, 1.4, sparsity=0.3, alive_units={"conv1": 18, "conv2": 60, "fc1": 390})],
+               lam0=5e-6)
+    alive = history.alive_units(doc)
+    assert list(alive) == ["conv1", "conv2", "fc1"]
+    assert np.isnan(alive["conv1"][0]) and alive["conv1"][1:].tolist() == [20, 18] and alive["fc1"][2] == 390
+    assert history.alive_units(FEDAVG) == {}

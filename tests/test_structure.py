@@ -59,6 +59,7 @@ def test_the_review_example_is_two_thirds_sparse():
     for (a, b), n in zip(layout.layer_slices, (18, 34, 323)):
         mask[a:a + n] = 1
     s = layout.sparsity(mask)
+    assert s["alive_units"] == {"conv1": 18, "conv2": 34, "fc1": 323}  # the output layer is not gated
     assert s["sparsity"] == pytest.approx(1 - lenet_count(18, 34, 323) / 878_538) and round(100 * s["sparsity"], 1) == 66.4
     assert s["sparsity_own"] == pytest.approx(327_683 / 878_538)
 

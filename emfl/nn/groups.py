@@ -272,10 +272,13 @@ class GroupMap:
         return self.dense + int((self.sizes.to(mask.device) * (mask > 0)).sum())
 
     def sparsity(self, keep: torch.Tensor) -> dict:
-        """The record's two sparsities of a model whose units ``keep`` survive: ``sparsity``, the
+        """The record's sparsities of a model whose units ``keep`` survive: ``sparsity``, the
         share of values pruned structurally (own groups and their readers); ``sparsity_own``, the
-        share in the pruned units' own groups only."""
-        return {"sparsity": 1 - self.values_on(keep) / self.d, "sparsity_own": 1 - self.values_own(keep) / self.d}
+        share in the pruned units' own groups only; ``alive_units``, the surviving units of each
+        layer by name (where pruning happens: e.g. ``{"conv1": 14, "conv2": 61, "fc1": 418}``)."""
+        alive = {layer.name: int((keep[a:b] > 0).sum()) for layer, (a, b) in zip(self.layers, self.layer_slices)}
+        return {"sparsity": 1 - self.values_on(keep) / self.d, "sparsity_own": 1 - self.values_own(keep) / self.d,
+                "alive_units": alive}
 
     def submodel_values(self, units: torch.Tensor) -> int:
         """Parameters of the sub-model that keeps the units ``units``: the values alive under it."""

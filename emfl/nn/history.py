@@ -9,7 +9,7 @@ import numpy as np
 
 __all__ = ["load_history", "column", "plot_metric", "summary", "method_name", "record_at", "load_runs",
            "comparison", "format_comparison", "cut", "gib_to_reach", "first_reach", "reach_table", "settled_round",
-           "extrapolate_gib", "extrapolation_table", "seed_spread", "load_reruns", "rerun_spread", "format_rerun_spread",
+           "extrapolate_gib", "extrapolation_table", "seed_spread", "alive_units", "load_reruns", "rerun_spread", "format_rerun_spread",
            "plot_runs", "plot_seeds", "quick_mode", "PAPER",
            "LAM0_LEVELS", "fedavg_gib", "lam0_study", "load_lam0_study", "format_lam0_study", "reading_fit", "plot_lam0_study"]
 
@@ -52,6 +52,16 @@ def column(doc: dict, key: str) -> np.ndarray:
     if key not in METRICS and not any(key in r for r in doc["records"]):
         raise KeyError(f"unknown metric {key!r}; the records hold {', '.join(doc['records'][0]) if doc['records'] else 'nothing'}")
     return np.array([r.get(key, np.nan) for r in doc["records"]], dtype=float)
+
+
+def alive_units(doc: dict) -> dict:
+    """The surviving units of each gated layer over a run (FedSparse's and FedL1's records hold
+    ``alive_units``): ``{layer: array}``, one entry per evaluated record, NaN where a record has none
+    (histories written before records held it), and ``{}`` for a run without gates."""
+    names = []
+    for r in doc["records"]:
+        names += [n for n in r.get("alive_units", {}) if n not in names]
+    return {n: np.array([r.get("alive_units", {}).get(n, np.nan) for r in doc["records"]], dtype=float) for n in names}
 
 
 def plot_metric(ax, doc: dict, metric: str = "global_acc", x: str = "round", label=None, **kwargs):
