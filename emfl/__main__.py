@@ -200,7 +200,7 @@ def _run_flags(p, d, ALGORITHMS, PRESETS, TASKS, MODELS):
                    help="clients train the model cut to its surviving units (sliced, faster) or the masked "
                         "dense model (the same updates up to float round-off)")
     p.add_argument("--precision", choices=["float32", "float64"], default=d.precision,
-                   help="float32 (the paper's, the bytes it counts) or float64 (about 4x slower on the CPU: to compare two "
+                   help="float32 (the paper's, the bytes it counts) or float64 (3-5x slower on the CPU: to compare two "
                         "computations of the same maths beyond float32 round-off)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     settings = _algorithm_settings()
