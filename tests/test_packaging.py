@@ -2,8 +2,6 @@
 command line reports bad input, figures are byte-stable."""
 
 import re
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 

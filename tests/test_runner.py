@@ -4,10 +4,8 @@ that cannot be honoured refused instead of silently changed."""
 
 import errno
 import json
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest

@@ -48,10 +48,6 @@ def _read_floats(buf: bytes, n: int, dtype=torch.float32) -> torch.Tensor:
     return torch.from_numpy(np.frombuffer(buf, dtype=f"<f{width}").copy())
 
 
-def _values_of(msg: Message):
-    return getattr(msg, "values", None)
-
-
 def encode(msg: Message, _mask=None) -> tuple:
     """``(form, payload)`` with ``len(payload) == msg.nbytes``."""
     if isinstance(msg, Dense):
@@ -80,7 +76,7 @@ def encode(msg: Message, _mask=None) -> tuple:
         form, payload = {"kind": "bundle", "parts": parts}, b"".join(blobs)
     else:
         raise WireError(f"{type(msg).__name__} messages have no wire form; run this algorithm with `python -m emfl run`")
-    values = _values_of(msg)
+    values = getattr(msg, "values", None)  # a Count or a Bundle has none (a Bundle's parts say it)
     if isinstance(values, torch.Tensor) and values.dtype == torch.float64:
         form["f8"] = True
     if len(payload) != msg.nbytes:  # the wire and the count agree, always
