@@ -183,6 +183,9 @@ def _run_flags(p, d, ALGORITHMS, PRESETS, TASKS, MODELS):
                    help="server optimiser on the difference gradient")
     p.add_argument("--server-lr", dest="server_lr", type=float, default=d.server_lr, help="server learning rate")
     p.add_argument("--alpha", type=float, default=d.alpha, help="CIFAR-10 split: Dirichlet alpha (Hsu et al.)")
+    p.add_argument("--inputs", choices=["standard", "unit"], default=d.inputs,
+                   help="pixels standardised per channel (training set's mean and std) or x / 255 in [0, 1]; the paper "
+                        "states neither")
     p.add_argument("--test-split", dest="test_split", choices=["matched", "disjoint"], default=d.test_split,
                    help="CIFAR-10 shard test sets: matched to each shard's classes, or the earlier disjoint draw")
     p.add_argument("--num-shards", dest="num_shards", type=int, default=d.num_shards, help="CIFAR-10: clients")

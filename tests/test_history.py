@@ -302,3 +302,33 @@ def test_alive_units_per_layer_over_a_run():
     assert list(alive) == ["conv1", "conv2", "fc1"]
     assert np.isnan(alive["conv1"][0]) and alive["conv1"][1:].tolist() == [20, 18] and alive["fc1"][2] == 390
     assert history.alive_units(FEDAVG) == {}
+
+
+def _abl(algo, seed, g, l, gib, alive=None, sparsity=0.0, **cfg):
+    rec = _rec(20, g, l, gib, sparsity=sparsity, **({"alive_units": alive} if alive else {}))
+    return _doc(algo, [rec], seed=seed, alpha=1.0, test_split="disjoint", **cfg)
+
+
+def test_an_ablation_row_by_hand():
+    """Two seeds of one reading against FedAvg on each seed: survivors 20 and 23 average 21.5;
+    bytes (0.8 / 1.0 + 0.9 / 1.2) / 2 = 0.775; gap ((0.50 - 0.55) + (0.52 - 0.53)) / 2 = -0.03."""
+    fedavg = [_abl("fedavg", 0, 0.55, 0.80, 1.0), _abl("fedavg", 1, 0.53, 0.82, 1.2),
+              _abl("fedavg", 0, 0.50, 0.70, 1.0, inputs="unit")]
+    runs = [_abl("fedsparse", 0, 0.50, 0.81, 0.8, {"conv1": 20, "fc1": 500}, 0.1, lam0=0.0),
+            _abl("fedsparse", 1, 0.52, 0.83, 0.9, {"conv1": 23, "fc1": 505}, 0.2, lam0=0.0),
+            _abl("fedsparse", 0, 0.45, 0.69, 0.5, {"conv1": 30, "fc1": 400}, 0.4, inputs="unit", v_grad="pi")]
+    rows = {r["reading"]: r for r in history.ablation_rows(runs, fedavg, rnd=20)}
+    assert list(rows) == ["FedAvg", "FedAvg, inputs = unit", "lam0 = 0", "v_grad = pi, inputs = unit"]
+    row = rows["lam0 = 0"]
+    assert row["seeds"] == [0, 1] and row["alive"] == {"conv1": 21.5, "fc1": 502.5}
+    assert row["bytes"] == pytest.approx(0.775) and row["gap"] == pytest.approx(-0.03)
+    assert row["sparsity"] == pytest.approx(0.15) and row["local_acc"] == pytest.approx(0.82)
+    assert rows["v_grad = pi, inputs = unit"]["gap"] == pytest.approx(-0.05)  # against the unit-input FedAvg
+    assert rows["FedAvg"]["global_acc"] == pytest.approx(0.54)
+    text = history.format_ablation(list(rows.values()))
+    assert "lam0 = 0" in text and "21.5" in text and "-3.0" in text
+    with pytest.raises(ValueError, match="no FedAvg run on the data of 'inputs = unit'"):
+        history.ablation_rows([_abl("fedsparse", 1, 0.4, 0.6, 0.5, inputs="unit")], fedavg, rnd=20)
+    with pytest.raises(ValueError, match="a reading is a FedSparse run's"):
+        history.reading(fedavg[0])
+    assert history.reading(_abl("fedsparse", 0, 0, 0, 0, lam0=5e-6)) == "reference"

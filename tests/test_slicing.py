@@ -139,11 +139,12 @@ def _prune(engine, units):
 
 
 @pytest.mark.numeric
-@pytest.mark.parametrize("model", ["lenet5", "resnet20"])
-def test_fedsparse_rounds_on_the_smaller_model_equal_the_masked_dense_rounds(model):
+@pytest.mark.parametrize("model, readings", [("lenet5", {}), ("resnet20", {}),
+                                             ("lenet5", {"ungated": "conv1", "v_grad": "pi", "theta_space": "logit"})])
+def test_fedsparse_rounds_on_the_smaller_model_equal_the_masked_dense_rounds(model, readings):
     data = tiny_federation(clients=4, n=16, m=4)
     dense, sliced = _engines(data, algo="fedsparse", model=model, lam0=1e-3, sparse_reg="batch", rounds=2,
-                             clients_per_round=2, batch_size=8)
+                             clients_per_round=2, batch_size=8, **readings)
     layout = dense.algorithm.layout
     # over half of each layer, so that the smaller model holds some pruned units back (widths of 8k)
     off = torch.cat([torch.arange(a, a + (b - a) // 2 + 3) for a, b in layout.layer_slices])

@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RunConfig", "make_config", "TASKS", "GENERIC_FIELDS", "PRECISIONS"]
+__all__ = ["RunConfig", "make_config", "TASKS", "GENERIC_FIELDS", "PRECISIONS", "INPUTS"]
 
 PRECISIONS = ("float32", "float64")
+INPUTS = ("standard", "unit")  # how pixels reach the model: (x / 255 - mean) / std per channel, or x / 255
 
 # each task's defaults, and the models its inputs fit (the 12-bit task's inputs are too small for a conv net)
 TASKS = {"cifar10": {"batch_size": 64, "model": "lenet5"}, "femnist": {"batch_size": 20, "model": "lenet5"},
@@ -43,6 +44,7 @@ class RunConfig:
     server_opt: str = "adam"
     server_lr: float = 1e-3
     alpha: float = 1.0  # CIFAR-10: Dirichlet concentration (Hsu et al.'s convention)
+    inputs: str = "standard"  # pixels standardised per channel with the training set's statistics, or "unit": x / 255 in [0, 1]
     test_split: str = "matched"  # CIFAR-10 shard test sets: "matched" to the shard's classes, or "disjoint"
     num_shards: int = 100  # CIFAR-10
     shard_size: int = 500  # CIFAR-10
@@ -105,6 +107,8 @@ class RunConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number; got {value!r}")
+        if self.inputs not in INPUTS:
+            raise ValueError(f"inputs must be {' or '.join(INPUTS)}; got {self.inputs!r}")
         if self.test_split not in ("matched", "disjoint"):
             raise ValueError(f"test_split must be matched or disjoint; got {self.test_split!r}")
         if self.client_batching not in ("auto", "loop", "vmap"):

@@ -25,7 +25,7 @@ from torch.nn import functional as F
 __all__ = [
     "GAMMA", "ZETA", "BETA", "T_DEFAULT",
     "hard_concrete_sample", "hard_concrete_prob_nonzero", "hard_concrete_test_gate", "log_alpha_for",
-    "gate_prob", "init_threshold", "softplus_inverse", "gate_cross_entropy", "server_v_gradient",
+    "gate_logit", "gate_prob", "init_threshold", "softplus_inverse", "gate_cross_entropy", "server_v_gradient",
 ]
 
 GAMMA, ZETA, BETA = -0.1, 1.1, 2.0 / 3.0
@@ -57,11 +57,18 @@ def log_alpha_for(pi: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     return torch.log(pi) - torch.log1p(-pi) + _SHIFT
 
 
-def gate_prob(norms: torch.Tensor, v: torch.Tensor, T: float = T_DEFAULT) -> torch.Tensor:
-    """``sigmoid((||w_g|| - softplus(v_g)) / T)`` with the norms detached (theta or pi)."""
+def gate_logit(norms: torch.Tensor, v: torch.Tensor, T: float = T_DEFAULT) -> torch.Tensor:
+    """``(||w_g|| - softplus(v_g)) / T``, the logit of theta (or pi), with the norms detached.
+    In float32 ``sigmoid`` of it is exactly 1 past about 16.6 and its complement exactly 0;
+    ``sigmoid(-logit)`` and ``logsigmoid`` keep them (``theta_space = "logit"``)."""
     if T <= 0:
         raise ValueError(f"the temperature T must be > 0; got {T}")
-    return torch.sigmoid((norms.detach() - F.softplus(v)) / T)
+    return (norms.detach() - F.softplus(v)) / T
+
+
+def gate_prob(norms: torch.Tensor, v: torch.Tensor, T: float = T_DEFAULT) -> torch.Tensor:
+    """``sigmoid((||w_g|| - softplus(v_g)) / T)`` with the norms detached (theta or pi)."""
+    return torch.sigmoid(gate_logit(norms, v, T))
 
 
 def softplus_inverse(tau: torch.Tensor) -> torch.Tensor:
@@ -87,13 +94,17 @@ def gate_cross_entropy(pi: torch.Tensor, theta: torch.Tensor, eps: float = 1e-7)
     return (pi * torch.log(theta) + (1 - pi) * torch.log1p(-theta)).sum()
 
 
-def server_v_gradient(z: torch.Tensor, theta: torch.Tensor, v: torch.Tensor, T: float = T_DEFAULT) -> torch.Tensor:
+def server_v_gradient(z: torch.Tensor, theta: torch.Tensor, v: torch.Tensor, T: float = T_DEFAULT,
+                      one_minus_theta: torch.Tensor | None = None) -> torch.Tensor:
     """One client's contribution to the server's threshold gradient, for a descent optimiser:
-    ``(z (1 - theta) - (1 - z) theta) sigmoid(v) / T``.
+    ``(z (1 - theta) - (1 - z) theta) sigmoid(v) / T`` (Algorithm 1; ``z`` may be the client's
+    ``pi``, Eq. 22's expectation).  ``one_minus_theta``: ``1 - theta`` computed without the
+    float32 round-off of ``1 - sigmoid`` (``sigmoid(-logit)``); default ``1 - theta``.
 
     It is the gradient in ``v`` of ``-log Bern(z; theta)`` with
     ``theta = sigmoid((||w|| - softplus(v)) / T)`` (``d softplus(v) / dv = sigmoid(v)``).
     Algorithm 1 writes its negative because it ascends the log-likelihood.  A descent step lowers
     ``v`` (the threshold) where a client kept the gate on, raising ``theta``, and raises it where
     the client switched the gate off."""
-    return (z * (1 - theta) - (1 - z) * theta) * torch.sigmoid(v) / T
+    off = 1 - theta if one_minus_theta is None else one_minus_theta
+    return (z * off - (1 - z) * theta) * torch.sigmoid(v) / T

@@ -154,8 +154,16 @@ class GroupMap:
 
     ``group_of``: the unit of every value.  A value is alive under a unit mask when neither its own unit nor the unit it reads is off (:meth:`alive`)."""
 
-    def __init__(self, model: nn.Module, prune_output: bool = False):
-        self.layers = prunable_layers(model, prune_output)
+    def __init__(self, model: nn.Module, prune_output: bool = False, ungated: tuple = ()):
+        layers = prunable_layers(model, prune_output)
+        names = [l.name for l in layers]
+        unknown = [n for n in ungated if n not in names]
+        if unknown:
+            raise ValueError(f"no gated layer named {', '.join(unknown)}: the layers with gates are {', '.join(names)}")
+        self.ungated = tuple(ungated)  # layers left without gates: never pruned, all their values dense
+        self.layers = [l for l in layers if l.name not in self.ungated]
+        if not self.layers:
+            raise ValueError("every gated layer is ungated: leave at least one layer with gates")
         offsets, i = {}, 0
         for t in state_tensors(model):
             offsets[id(t)] = i

@@ -11,7 +11,8 @@ __all__ = ["load_history", "column", "plot_metric", "summary", "method_name", "r
            "comparison", "format_comparison", "cut", "gib_to_reach", "first_reach", "reach_table", "settled_round",
            "extrapolate_gib", "extrapolation_table", "seed_spread", "alive_units", "load_reruns", "rerun_spread", "format_rerun_spread",
            "plot_runs", "plot_seeds", "quick_mode", "PAPER",
-           "LAM0_LEVELS", "fedavg_gib", "lam0_study", "load_lam0_study", "format_lam0_study", "reading_fit", "plot_lam0_study"]
+           "LAM0_LEVELS", "fedavg_gib", "lam0_study", "load_lam0_study", "format_lam0_study", "reading_fit", "plot_lam0_study",
+           "REFERENCE_READING", "reading", "load_ablation", "ablation_rows", "format_ablation"]
 
 METRICS = ("global_acc", "local_acc", "cum_gib", "round", "seconds", "train_loss", "sparsity", "sparsity_own", "tv_mean", "tv_max")
 
@@ -468,4 +469,105 @@ def format_rerun_spread(rows: list) -> str:
         fmt = (lambda v: f"{100 * v:.2f}") if pct else (lambda v: f"{v:.3f}")
         lines.append(f"{row['round']:>5}  {row['metric']:<10}" + "".join(f"{fmt(v):>11}" for v in row["values"].values())
                      + f"{fmt(row['range']):>9}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- ablations of FedSparse (results/ablation)
+# Appendix A and Algorithm 1 read literally, at the paper's mid level: what an ablation row departs from
+# (a history that predates a setting ran this reading of it)
+REFERENCE_READING = {"lam0": 5e-6, "sparse_reg": "example", "theta0": 0.99, "ce_scale": 1e-4, "v_opt": "adamax",
+                     "v_grad": "z", "theta_space": "prob", "ungated": "", "inputs": "standard", "alpha": 1.0}
+
+
+def reading(doc: dict) -> str:
+    """How a FedSparse run departs from :data:`REFERENCE_READING`, e.g. ``"lam0 = 0, v_grad = pi"``
+    (``"reference"`` if it does not)."""
+    cfg = doc["config"]
+    if cfg.get("algo") != "fedsparse":
+        raise ValueError(f"a reading is a FedSparse run's; this one ran {cfg.get('algo')}")
+    out = []
+    for key, ref in REFERENCE_READING.items():
+        value = cfg.get(key, ref)
+        if (value or None) != (ref or None):
+            out.append(f"{key} = {value:g}" if isinstance(value, float) else f"{key} = {value}")
+    return ", ".join(out) or "reference"
+
+
+def load_ablation(directory, task: str = "cifar10") -> list:
+    """The histories ``{task}_*.json`` of ``directory`` (``results/ablation``): ``(fedsparse, fedavg)``,
+    two lists."""
+    docs = [load_history(p) for p in sorted(Path(directory).glob(f"{task}_*.json"))]
+    if not docs:
+        raise FileNotFoundError(f"no run histories {task}_*.json in {directory}")
+    return ([d for d in docs if d["config"]["algo"] == "fedsparse"],
+            [d for d in docs if d["config"]["algo"] == "fedavg"])
+
+
+_DATA_KEYS = ("task", "alpha", "test_split", "num_shards", "shard_size", "max_writers", "inputs")
+
+
+def _data_key(doc: dict, seed=True) -> tuple:
+    """What a run's data depends on (a history that predates ``inputs`` standardised its pixels)."""
+    cfg = doc["config"]
+    key = tuple(cfg.get(k, "standard" if k == "inputs" else None) for k in _DATA_KEYS)
+    return key + ((cfg["seed"],) if seed else ())
+
+
+def ablation_rows(docs: list, fedavg: list, rnd: int = 200) -> list:
+    """One row per reading of FedSparse (``docs``: its runs, any seeds) at round ``rnd``, the seeds'
+    mean: ``alive`` (surviving units per layer), ``sparsity``, ``global_acc``, ``local_acc`` and
+    ``bytes`` (cumulative bytes over FedAvg's at the same round, same seed and same data;
+    ``fedavg``: FedAvg histories), and ``gap``, FedSparse's global accuracy minus that FedAvg's.
+    Runs that have not reached ``rnd`` are left out; a run with no FedAvg run on its data and seed
+    is an error.  The FedAvg runs come first, one row per data setting."""
+    base = {_data_key(d): d for d in fedavg if _last_round(d) >= rnd}
+    groups = {}
+    for doc in docs:
+        if _last_round(doc) >= rnd:
+            groups.setdefault(reading(doc), []).append(doc)
+    rows = []
+    by_data = {}
+    for d in base.values():
+        by_data.setdefault(_data_key(d, seed=False), []).append(d)
+    for key, runs in by_data.items():
+        recs = [record_at(d, rnd) for d in runs]
+        inputs = dict(zip(_DATA_KEYS, key))["inputs"]
+        rows.append({"reading": "FedAvg" + ("" if inputs == "standard" else f", inputs = {inputs}"),
+                     "seeds": sorted(d["config"]["seed"] for d in runs), "round": rnd, "alive": {}, "sparsity": 0.0,
+                     "global_acc": float(np.mean([r["global_acc"] for r in recs])),
+                     "local_acc": float(np.mean([r["local_acc"] for r in recs])), "bytes": 1.0, "gap": 0.0})
+    for label, runs in groups.items():
+        recs, ratios, gaps = [], [], []
+        for doc in runs:
+            if _data_key(doc) not in base:
+                raise ValueError(f"no FedAvg run on the data of {label!r} (seed {doc['config']['seed']}) reaching "
+                                 f"round {rnd}: its bytes and accuracy have nothing to compare with")
+            fed = record_at(base[_data_key(doc)], rnd)
+            rec = record_at(doc, rnd)
+            recs.append(rec)
+            ratios.append(rec["cum_gib"] / fed["cum_gib"])
+            gaps.append(rec["global_acc"] - fed["global_acc"])
+        layers = list(recs[0].get("alive_units", {}))
+        rows.append({"reading": label, "seeds": sorted(d["config"]["seed"] for d in runs), "round": rnd,
+                     "alive": {n: float(np.mean([r["alive_units"][n] for r in recs])) for n in layers},
+                     "sparsity": float(np.mean([r["sparsity"] for r in recs])),
+                     "global_acc": float(np.mean([r["global_acc"] for r in recs])),
+                     "local_acc": float(np.mean([r["local_acc"] for r in recs])),
+                     "bytes": float(np.mean(ratios)), "gap": float(np.mean(gaps))})
+    return rows
+
+
+def format_ablation(rows: list) -> str:
+    """:func:`ablation_rows` as a text table (accuracies and sparsity in %)."""
+    layers = []
+    for row in rows:
+        layers += [n for n in row["alive"] if n not in layers]
+    width = max([len(r["reading"]) for r in rows] + [7])
+    head = (f"{'reading':<{width}}  {'seeds':<5}" + "".join(f"{n:>7}" for n in layers)
+            + f"{'sparse %':>9}{'global %':>9}{'gap':>6}{'local %':>8}{'bytes':>7}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        units = "".join(f"{r['alive'][n]:>7.1f}" if n in r["alive"] else f"{'-':>7}" for n in layers)
+        lines.append(f"{r['reading']:<{width}}  {','.join(map(str, r['seeds'])):<5}{units}{100 * r['sparsity']:>9.1f}"
+                     f"{100 * r['global_acc']:>9.1f}{100 * r['gap']:>+6.1f}{100 * r['local_acc']:>8.1f}{r['bytes']:>7.2f}")
     return "\n".join(lines)

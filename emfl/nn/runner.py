@@ -25,6 +25,8 @@ history in place.
 
 from __future__ import annotations
 
+import dataclasses
+
 import errno
 import fcntl
 import hashlib
@@ -207,7 +209,17 @@ def write_json_atomic(obj, path) -> None:
 
 def load_task_data(config: RunConfig, data_dir=None, download: bool = False):
     """The federated data set of ``config.task`` (CIFAR-10 shards, FEMNIST writers, or the 12-bit
-    patterns: ``num_shards`` clients, Dirichlet(``alpha``)-skewed, generated, no files)."""
+    patterns: ``num_shards`` clients, Dirichlet(``alpha``)-skewed, generated, no files), its inputs
+    as ``config.inputs`` asks (``unit``: ``x / 255``, no per-channel standardisation)."""
+    data = _load_task_data(config, data_dir, download)
+    if config.inputs == "unit":
+        channels = len(data.mean)
+        data = dataclasses.replace(data, mean=(0.0,) * channels, std=(1.0,) * channels,
+                                   info={**data.info, "inputs": "unit: x / 255"})
+    return data
+
+
+def _load_task_data(config: RunConfig, data_dir=None, download: bool = False):
     if config.task == "bits":
         from emfl.nn.bits import bits_federation
 

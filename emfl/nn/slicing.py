@@ -115,7 +115,7 @@ class Subnet:
             if isinstance(mod, nn.modules.batchnorm._BatchNorm):
                 mod.num_features = mod.weight.shape[0]
         self.d = sum(t.numel() for t in state_tensors(sub))
-        self.layout = GroupMap(sub, prune_output=any(l.reader is None for l in layout.layers))
+        self.layout = GroupMap(sub, prune_output=any(l.reader is None for l in layout.layers), ungated=layout.ungated)
         if self.layout.num_groups != len(self.units):
             raise ValueError("the smaller model's units do not match the mask")  # pragma: no cover
         self.hooks = GateHooks(self.layout)

@@ -40,7 +40,7 @@ from emfl.nn.groups import GateHooks, GroupMap, group_norms
 from emfl.nn.messages import Bundle, GroupSparse, PerGroup
 from emfl.nn.models import load_state_vector, state_vector
 from emfl.nn.slicing import Subnets
-from emfl.optim import adamax
+from emfl.optim import adam, adamax, sgd
 
 __all__ = ["FedSparse", "Params", "regulariser", "regulariser_slope", "T", "THETA0", "PRUNE", "CLIENT_V_LR", "SERVER_V_LR", "CE_SCALE"]
 
@@ -49,6 +49,7 @@ __all__ = ["FedSparse", "Params", "regulariser", "regulariser_slope", "T", "THET
 # Adamax, server Adamax) and the scale of the gates' cross-entropy.
 T, THETA0, PRUNE = 1e-3, 0.99, 0.1
 CLIENT_V_LR, SERVER_V_LR, CE_SCALE = 1e-3, 1e-2, 1e-4
+V_OPTIMIZERS = {"adamax": adamax, "adam": adam, "sgd": sgd}
 LAM0_MAX = 1.0  # past it lam0 |g| prunes everything, and far past it overflows float32 (1e38 |g| = inf)
 
 
@@ -59,9 +60,31 @@ class Params:
                                          "size, Eq. 41 per example (example), or added to the mean batch loss "
                                          "unscaled (batch); example matched Tables 1 and 3 better (notebook 05)",
                               choices=("batch", "example"))
+    # readings of what the paper leaves open (notebook 05, "A lesson in reproduction"); the
+    # defaults are Algorithm 1 and Appendix A read literally
+    theta0: float = setting(THETA0, "the gates' probability at round 0 (Appendix A: 0.99, a dense start)")
+    ce_scale: float = setting(CE_SCALE, "the scale of the gates' cross-entropy to theta in the local loss "
+                                        "(Appendix A: 1e-4)")
+    v_opt: str = setting("adamax", "the thresholds' optimiser, on the clients (lr 1e-3) and on the server "
+                                   "(lr 1e-2): Appendix A's adamax, or adam, sgd", choices=("adamax", "adam", "sgd"))
+    v_grad: str = setting("z", "what the server's threshold gradient averages: the clients' binary samples z_s "
+                               "(z: Algorithm 1) or their probabilities pi_s (pi: Eq. 20 and 22's expectation; "
+                               "one more value up per surviving unit)", choices=("z", "pi"))
+    theta_space: str = setting("prob", "theta, 1 - theta and logit(theta) from float32 probabilities (prob: "
+                                       "1 - theta is exactly 0 past a margin of 16.6 T) or from the logit "
+                                       "(logit: no saturation)", choices=("prob", "logit"))
+    ungated: str = setting("", "layers left without gates, comma-separated (e.g. conv1): never pruned")
 
     def __post_init__(self):
         check_nonnegative("lam0", self.lam0)
+        check_nonnegative("ce_scale", self.ce_scale)
+        if not (isinstance(self.theta0, (int, float)) and 0.5 < self.theta0 < 1):
+            raise ValueError(f"theta0 must be in (0.5, 1), a model that starts dense; got {self.theta0!r}")
+        check_choice("v_opt", self.v_opt, tuple(V_OPTIMIZERS))
+        check_choice("v_grad", self.v_grad, ("z", "pi"))
+        check_choice("theta_space", self.theta_space, ("prob", "logit"))
+        if not isinstance(self.ungated, str):
+            raise ValueError(f"ungated must be layer names separated by commas, e.g. 'conv1'; got {self.ungated!r}")
         if self.lam0 > LAM0_MAX:
             raise ValueError(f"lam0 must be at most {LAM0_MAX:g}; got {self.lam0!r}: it is an L0 cost per weight (per "
                              "example with sparse_reg example), and one of 1 already outweighs any data loss and prunes "
@@ -69,20 +92,24 @@ class Params:
         check_choice("sparse_reg", self.sparse_reg, ("batch", "example"))
 
 
-def regulariser(pi, theta, sizes, lam0: float, n_s: int = 1):
+def regulariser(pi, theta, sizes, lam0: float, n_s: int = 1, ce_scale: float = CE_SCALE):
     """The prior's part of the local loss (Eq. 41 with lam = 0): ``lam0 sum_g |g| pi_g`` (every
-    value of a group pays the L0 cost) minus ``1e-4`` times the gates' cross-entropy to ``theta``
-    (Eq. 38), divided by ``n_s`` (1 for ``sparse_reg = "batch"``, the client's size for
+    value of a group pays the L0 cost) minus ``ce_scale`` (1e-4) times the gates' cross-entropy to
+    ``theta`` (Eq. 38), divided by ``n_s`` (1 for ``sparse_reg = "batch"``, the client's size for
     ``"example"``)."""
-    return (lam0 * (sizes * pi).sum() - CE_SCALE * gates.gate_cross_entropy(pi, theta)) / n_s
+    return (lam0 * (sizes * pi).sum() - ce_scale * gates.gate_cross_entropy(pi, theta)) / n_s
 
 
-def regulariser_slope(theta, sizes, lam0: float, n_s: int = 1, eps: float = 1e-7):
+def regulariser_slope(theta, sizes, lam0: float, n_s: int = 1, eps: float = 1e-7, ce_scale: float = CE_SCALE,
+                      logit=None):
     """``c`` with ``regulariser(pi) = c . pi + const``: Eq. 41's prior part is linear in ``pi``
     (``theta`` is fixed during a client's update), ``c_g = (lam0 |g| - 1e-4 logit(theta_g)) / n_s``.
-    The client's loss adds ``c . pi``: the same gradients for one dot product a step."""
-    theta = theta.clamp(eps, 1 - eps)
-    return (lam0 * sizes - CE_SCALE * (torch.log(theta) - torch.log1p(-theta))) / n_s
+    The client's loss adds ``c . pi``: the same gradients for one dot product a step.  ``logit``:
+    theta's logit itself (no clamp of theta to [eps, 1 - eps], ``theta_space = "logit"``)."""
+    if logit is None:
+        theta = theta.clamp(eps, 1 - eps)
+        logit = torch.log(theta) - torch.log1p(-theta)
+    return (lam0 * sizes - ce_scale * logit) / n_s
 
 
 class FedSparse(Algorithm):
@@ -93,19 +120,24 @@ class FedSparse(Algorithm):
 
     def __init__(self, params, run):
         super().__init__(params, run)
-        self.layout = GroupMap(run.model)
+        ungated = tuple(n.strip() for n in params.ungated.split(",") if n.strip())
+        self.layout = GroupMap(run.model, ungated=ungated)
         self.hooks = GateHooks(self.layout)
         self.subnets = Subnets(run.model, self.layout)  # clients train only the surviving units
-        self.v_opt = adamax(SERVER_V_LR)
+        self.v_opt = V_OPTIMIZERS[params.v_opt](SERVER_V_LR)
 
     def init(self, w: torch.Tensor) -> dict:
-        v = gates.init_threshold(self.layout.norms(w), THETA0, T)  # theta = 0.99: a dense start
+        v = gates.init_threshold(self.layout.norms(w), self.params.theta0, T)  # theta = 0.99: a dense start
         return {"w": w, "v": v, "opt": self.server_opt.init(w), "v_opt": self.v_opt.init(v)}
 
     def theta(self, w: torch.Tensor, v: torch.Tensor, unsent_sq=None) -> torch.Tensor:
         """``theta = sigmoid((||w_g|| - softplus(v_g)) / T)``: the prior's gate probabilities
         (``unsent_sq``: the squares a message left out of each row, see :meth:`GroupMap.unsent_sq`)."""
         return gates.gate_prob(self.layout.norms(w, unsent_sq), v, T)
+
+    def logit(self, w: torch.Tensor, v: torch.Tensor, unsent_sq=None) -> torch.Tensor:
+        """``(||w_g|| - softplus(v_g)) / T``: theta's logit (:func:`emfl.nn.gates.gate_logit`)."""
+        return gates.gate_logit(self.layout.norms(w, unsent_sq), v, T)
 
     def prune(self, w: torch.Tensor, v: torch.Tensor) -> tuple:
         """``(I[theta > eps] w, I[theta > eps])``: the model with its pruned units' groups zeroed.
@@ -127,7 +159,8 @@ class FedSparse(Algorithm):
     def client_update(self, msg: Bundle, job) -> ClientResult:
         run, model, layout, lam0 = self.run, self.run.model, self.layout, self.params.lam0
         w, v, unsent = msg["w"].values, msg["v"].values, msg["unsent"].values  # get w, v from the server
-        theta = self.theta(w, v, unsent)  # theta <- sigmoid((|w| - tau) / T)
+        logit = self.logit(w, v, unsent)
+        theta = torch.sigmoid(logit)  # theta <- sigmoid((|w| - tau) / T)
         # the network the client computes: the units the server pruned left out (their values are
         # 0 and stay 0, emfl.nn.slicing); thresholds, gates and the prior stay per unit of the model
         sub = self.subnet(msg["w"].mask)
@@ -136,11 +169,12 @@ class FedSparse(Algorithm):
         self.hooks.z = None
         net.train()
         v_s = v.clone().requires_grad_(True)
-        opt_v = adamax(CLIENT_V_LR)
+        opt_v = V_OPTIMIZERS[self.params.v_opt](CLIENT_V_LR)
         v_state = opt_v.init(v)
         params = list(net.parameters())
         n_s = len(run.data.train_y[job.s]) if self.params.sparse_reg == "example" else 1
-        slope = regulariser_slope(theta, layout.sizes.to(run.device, theta.dtype), lam0, n_s)
+        slope = regulariser_slope(theta, layout.sizes.to(run.device, theta.dtype), lam0, n_s, ce_scale=self.params.ce_scale,
+                                  logit=logit if self.params.theta_space == "logit" else None)
         losses = []
         for _ in range(run.config.local_epochs):  # for epoch e in 1..E
             for x, y in run.batches(job.s, job.gen):  # for batch b in B
@@ -172,6 +206,8 @@ class FedSparse(Algorithm):
             pi = gates.gate_prob(layout.norms(w_s, unsent), v_s, T)  # pi_s <- sigmoid((|w_s| - tau_s) / T)
             up = self.upload(w_s, pi, job.gen)
             self.hooks.z = up.mask  # the local model: the groups it switched on
+            if self.params.v_grad == "pi":  # and pi_s of the surviving units, for Eq. 22's expectation
+                up = Bundle(w=up, pi=PerGroup(pi, msg["w"].mask))
         return ClientResult(up, float(np.mean(losses)), stats=(pi - theta).abs())
 
     def upload(self, w_s: torch.Tensor, pi: torch.Tensor, gen: torch.Generator) -> GroupSparse:
@@ -183,11 +219,15 @@ class FedSparse(Algorithm):
     # ------------------------------------------------------------------ Algorithm 1, after the clients
     def m_step(self, state: dict, down, results: list) -> tuple:
         w, v = state["w"], state["v"]
-        theta = self.theta(w, v)
+        logit = self.logit(w, v)
+        theta = torch.sigmoid(logit)
+        off = torch.sigmoid(-logit) if self.params.theta_space == "logit" else None  # 1 - theta, unsaturated
         grad_w, grad_v = torch.zeros_like(w), torch.zeros_like(v)
         for r in results:
-            grad_w += r.up.alive * (w - r.up.values)  # z_s (w - w_s), structurally: descent sign
-            grad_v += gates.server_v_gradient(r.up.mask, theta, v, T)
+            up = r.up["w"] if self.params.v_grad == "pi" else r.up
+            grad_w += up.alive * (w - up.values)  # z_s (w - w_s), structurally: descent sign
+            gate = r.up["pi"].values if self.params.v_grad == "pi" else up.mask  # pi_s (Eq. 22) or z_s
+            grad_v += gates.server_v_gradient(gate, theta, v, T, one_minus_theta=off)
         n = len(results)
         step, opt = self.server_opt.update(grad_w / n, state["opt"])  # ADAM
         v_step, v_opt = self.v_opt.update(grad_v / n, state["v_opt"])  # ADAMAX
