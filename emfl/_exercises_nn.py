@@ -216,6 +216,59 @@ def _feddrop_share(answer, runs):
                    "reading only the kept conv2 filters' outputs (0.5 x 0.9 = 0.45 of fc1).")
 
 
+@exercise("5b.1", "predict: which reading keeps conv1 without an L0 cost?")
+def _keeps_conv1(answer, screen, rnd=30):
+    from emfl.nn.history import ablation_rows
+
+    options = {"a": "lam0 = 0, v_grad = pi", "b": "lam0 = 0, theta_space = logit", "c": "lam0 = 0, inputs = unit",
+               "d": "lam0 = 0, v_opt = adam"}
+    rows = {r["reading"]: r for r in ablation_rows(screen, None, rnd)}
+    kept = {k: rows[v]["alive"]["conv1"] for k, v in options.items()}
+    right = max(kept, key=kept.get)
+    return _choice(answer, right, "abcd",
+                   {"a": "pi_s is nearly 0 or 1 at the end of a round (T = 1e-3): it tells the server what z_s tells it.",
+                    "b": "saturation matters only far from the threshold; a gate that flips is near it.",
+                    "d": "Adam, like Adamax, steps by the sign of a lone gradient, and takes larger steps on rare ones.",
+                    "c": "standardised inputs are the paper's silence, and they move conv1's norms most."},
+                   f"conv1 keeps {kept[right]:.0f} of 32 filters with inputs in [0, 1], against "
+                   f"{min(kept.values()):.0f}-{sorted(kept.values())[-2]:.0f} otherwise: standardised pixels give conv1 "
+                   "gradients several times larger, so its filters' norms move by more than the margin T logit(0.99) "
+                   "= 0.0046 in a round, and a client that sees a norm below its threshold uploads z = 0.")
+
+
+@exercise("5b.2", "the lam0 at which a saturated layer switches")
+def _switch_over(answer):
+    import torch
+
+    from emfl.nn.algorithms.fedsparse import regulariser_slope
+
+    if (problem := _number(answer, "a value of lam0")) is not None:
+        return False, problem
+    theta = torch.tensor([1.0])  # a saturated gate, as float32 stores it
+    size = torch.tensor([3.0 * 5 * 5 + 1])  # a conv1 filter: its weights and its bias
+
+    def slope(lam0):
+        return float(regulariser_slope(theta, size, lam0, n_s=500))
+
+    lo, hi = 0.0, 1.0  # the slope is negative at 0 (the prior keeps the gate) and positive at 1: bisect
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if slope(mid) < 0 else (lo, mid)
+    right = (lo + hi) / 2
+    if abs(answer - right) <= 0.002 * right:
+        return True, (f"right: lam0* = {right:.3g}. Below it the prior's pull keeps a saturated conv1 gate on, above it "
+                      "Adamax walks the threshold up at full speed: a switch, whatever the data say, and it does not "
+                      "depend on N_s (it divides both terms).")
+    for wrong, hint in ((right * 76 / 75, "a group's size |g| counts its bias too: 3 x 5 x 5 weights + 1."),
+                        (right * 4.59512 / 15.9424, "the gate is saturated: theta is 1.0 in float32, which the slope "
+                                                     "clamps to 1 - 1e-7 before its logit (not theta0 = 0.99)."),
+                        (right / 500, "N_s divides both terms of c_g: where c_g changes sign does not depend on it."),
+                        (right * 76 / 801, "that is a conv2 filter's size; a conv1 filter reads 3 channels x 5 x 5.")):
+        if abs(answer - wrong) <= 0.002 * wrong:
+            return False, hint
+    return False, "set c_g = (lam0 |g| - 1e-4 logit(theta_g)) / N_s to zero for a conv1 filter with a saturated theta."
+
+
 # --------------------------------------------------------------------------- 06 · FedSparse on FEMNIST
 
 

@@ -78,6 +78,12 @@ def cifar05():
     return {"runs": history.load_runs(ROOT / "results", "cifar10", subdirs=("schedule",))}
 
 
+def screen05b():
+    from emfl.nn import history
+
+    return {"screen": history.load_ablation(ROOT / "results" / "ablation" / "screen")[0]}
+
+
 def seeds05():
     from emfl.nn import history
 
@@ -124,7 +130,7 @@ def _h_rows(counts, log=np.log2):
 
 
 # the context an exercise's check cell passes (the notebook's own data)
-CONTEXT = {"5.1": cifar05, "5.3": cifar05, "5.4": seeds05, "5.5": cifar05, "1.5": toy01, "2.5": clustered02, "3.4": pair03, "4.4": grid04,
+CONTEXT = {"5b.1": screen05b, "5.1": cifar05, "5.3": cifar05, "5.4": seeds05, "5.5": cifar05, "1.5": toy01, "2.5": clustered02, "3.4": pair03, "4.4": grid04,
            "7.4": grouped07, "8.5": runs08}
 
 # typical wrong answers: each must be rejected
@@ -191,6 +197,8 @@ WRONG = {
     "5.3": [4 * (1 - 0.3516) * 878_538, 40 * (1 - 0.1734) * 878_538, 40 * 0.3516 * 878_538, 22_785_720 / 2**30],
     "5.4": [-4.29, 0.0429, 1.0, "4.3"],
     "5.5": ["a", "b", "d"],
+    "5b.1": ["a", "b", "d", "e"],
+    "5b.2": [1e-4 * 15.942385 / 75, 1e-4 * np.log(99) / 76, 1e-4 * 15.942385 / 76 / 500, 1e-4 * 15.942385 / 801, 0.5, "2e-5"],
     "6.1": [272.11 / 2, 272.11 / 3, 272.11 * 2**30 / 1e9, 27.2, "272"],
     "6.2": [lambda doc, rnd: doc["records"][-1]["cum_gib"] / doc["records"][-1]["round"] * rnd,
             lambda doc, rnd: doc["records"][-1]["cum_gib"],

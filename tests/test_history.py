@@ -332,3 +332,12 @@ def test_an_ablation_row_by_hand():
     with pytest.raises(ValueError, match="a reading is a FedSparse run's"):
         history.reading(fedavg[0])
     assert history.reading(_abl("fedsparse", 0, 0, 0, 0, lam0=5e-6)) == "reference"
+
+
+def test_screening_rows_need_no_fedavg():
+    runs = [_abl("fedsparse", 0, 0.30, 0.70, 0.1, {"conv1": 29}, 0.05, lam0=0.0, inputs="unit")]
+    (row,) = history.ablation_rows(runs, None, rnd=20)
+    assert row["reading"] == "lam0 = 0, inputs = unit" and row["alive"] == {"conv1": 29.0}
+    assert np.isnan(row["bytes"]) and np.isnan(row["gap"])
+    line = history.format_ablation([row]).splitlines()[-1]
+    assert line.split()[-5:] == ["5.0", "30.0", "-", "70.0", "-"]

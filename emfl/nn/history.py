@@ -513,14 +513,15 @@ def _data_key(doc: dict, seed=True) -> tuple:
     return key + ((cfg["seed"],) if seed else ())
 
 
-def ablation_rows(docs: list, fedavg: list, rnd: int = 200) -> list:
+def ablation_rows(docs: list, fedavg: list | None, rnd: int = 200) -> list:
     """One row per reading of FedSparse (``docs``: its runs, any seeds) at round ``rnd``, the seeds'
     mean: ``alive`` (surviving units per layer), ``sparsity``, ``global_acc``, ``local_acc`` and
     ``bytes`` (cumulative bytes over FedAvg's at the same round, same seed and same data;
     ``fedavg``: FedAvg histories), and ``gap``, FedSparse's global accuracy minus that FedAvg's.
     Runs that have not reached ``rnd`` are left out; a run with no FedAvg run on its data and seed
-    is an error.  The FedAvg runs come first, one row per data setting."""
-    base = {_data_key(d): d for d in fedavg if _last_round(d) >= rnd}
+    is an error.  The FedAvg runs come first, one row per data setting.  ``fedavg=None``: no
+    comparison (``bytes`` and ``gap`` are NaN), e.g. for short screening runs."""
+    base = {_data_key(d): d for d in fedavg or () if _last_round(d) >= rnd}
     groups = {}
     for doc in docs:
         if _last_round(doc) >= rnd:
@@ -539,12 +540,15 @@ def ablation_rows(docs: list, fedavg: list, rnd: int = 200) -> list:
     for label, runs in groups.items():
         recs, ratios, gaps = [], [], []
         for doc in runs:
+            rec = record_at(doc, rnd)
+            recs.append(rec)
+            if fedavg is None:
+                ratios.append(np.nan), gaps.append(np.nan)
+                continue
             if _data_key(doc) not in base:
                 raise ValueError(f"no FedAvg run on the data of {label!r} (seed {doc['config']['seed']}) reaching "
                                  f"round {rnd}: its bytes and accuracy have nothing to compare with")
             fed = record_at(base[_data_key(doc)], rnd)
-            rec = record_at(doc, rnd)
-            recs.append(rec)
             ratios.append(rec["cum_gib"] / fed["cum_gib"])
             gaps.append(rec["global_acc"] - fed["global_acc"])
         layers = list(recs[0].get("alive_units", {}))
@@ -555,6 +559,11 @@ def ablation_rows(docs: list, fedavg: list, rnd: int = 200) -> list:
                      "local_acc": float(np.mean([r["local_acc"] for r in recs])),
                      "bytes": float(np.mean(ratios)), "gap": float(np.mean(gaps))})
     return rows
+
+
+def _num(value: float, fmt: str) -> str:
+    width = int(fmt.lstrip("+").split(".")[0])
+    return f"{'-':>{width}}" if np.isnan(value) else format(value, fmt)
 
 
 def format_ablation(rows: list) -> str:
@@ -569,5 +578,6 @@ def format_ablation(rows: list) -> str:
     for r in rows:
         units = "".join(f"{r['alive'][n]:>7.1f}" if n in r["alive"] else f"{'-':>7}" for n in layers)
         lines.append(f"{r['reading']:<{width}}  {','.join(map(str, r['seeds'])):<5}{units}{100 * r['sparsity']:>9.1f}"
-                     f"{100 * r['global_acc']:>9.1f}{100 * r['gap']:>+6.1f}{100 * r['local_acc']:>8.1f}{r['bytes']:>7.2f}")
+                     f"{100 * r['global_acc']:>9.1f}{_num(100 * r['gap'], '+6.1f')}{100 * r['local_acc']:>8.1f}"
+                     f"{_num(r['bytes'], '7.2f')}")
     return "\n".join(lines)
