@@ -35,7 +35,8 @@ import torch
 from torch.nn import functional as F
 
 from emfl.nn.data import FederatedData, channel_stats
-from emfl.nn.engine import Engine, RunConfig, resolve_device
+from emfl.nn.engine import Engine, resolve_device
+from emfl.nn.config import RunConfig
 from emfl.nn.models import make_model
 
 SHAPES = {"cifar10": ((3, 32, 32), 10, 500, 64), "femnist": ((1, 28, 28), 62, 204, 20)}

@@ -61,7 +61,9 @@ def _model():
 def path_engine(rounds: int, threads: int) -> list:
     import torch
 
-    from emfl.nn.engine import Engine, RunConfig
+    from emfl.nn.engine import Engine
+
+    from emfl.nn.config import RunConfig
 
     torch.set_num_threads(threads)
     engine = Engine(RunConfig(task="cifar10", algo="fedavg", rounds=rounds, clients_per_round=CLIENTS,

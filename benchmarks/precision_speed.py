@@ -15,7 +15,8 @@ import time
 import torch
 
 from emfl.nn.data import generated_federation
-from emfl.nn.engine import Engine, RunConfig
+from emfl.nn.engine import Engine
+from emfl.nn.config import RunConfig
 
 
 def main() -> None:

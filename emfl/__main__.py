@@ -111,7 +111,7 @@ def _algorithm_settings() -> dict:
     """Every registered algorithm's settings: name -> (default, help, choices), the help naming
     the algorithms that have it."""
     from emfl.nn.algorithms import ALGORITHMS
-    from emfl.nn.algorithms.base import settings_of
+    from emfl.nn.settings import settings_of
 
     found = {}
     for algo in ALGORITHMS.values():
@@ -125,11 +125,6 @@ def _algorithm_settings() -> dict:
 
 
 def _add_run_parser(sub, name="run"):
-    from emfl.nn.algorithms import ALGORITHMS, PRESETS
-    from emfl.nn.config import TASKS, RunConfig
-    from emfl.nn.models import MODELS
-
-    d = RunConfig()
     if name == "flower":
         p = sub.add_parser("flower", help="the same run on Flower: a SuperLink and SuperNodes on this machine "
                                           "(or Flower's simulation)", allow_abbrev=False,
@@ -145,27 +140,28 @@ def _add_run_parser(sub, name="run"):
         p.add_argument("--threads", type=int, default=1, help="torch threads per SuperNode")
         p.add_argument("--keep-logs", dest="keep_logs", action="store_true",
                        help="keep the Flower logs (a temporary folder, printed) after a good run too")
-        _run_flags(p, d, ALGORITHMS, PRESETS, TASKS, MODELS)
+        _run_flags(p)
         return
     p = sub.add_parser("run", help="a federated training run on CIFAR-10 or FEMNIST", allow_abbrev=False,
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Train with the EM paper's protocol; see emfl.nn.engine. Ctrl-C (or SIGTERM) "
                                    "ends the current round, saves it and exits with 130; --resume continues.")
-    _run_flags(p, d, ALGORITHMS, PRESETS, TASKS, MODELS)
+    _run_flags(p)
 
 
-def _run_flags(p, d, ALGORITHMS, PRESETS, TASKS, MODELS):
-    """The flags of ``emfl run`` (shared by ``emfl flower``)."""
-    p.add_argument("--task", choices=list(TASKS), default=d.task, help="data set")
+def _run_flags(p):
+    """The flags of ``emfl run`` (shared by ``emfl flower``): generated from the settings' declarations
+    (:class:`emfl.nn.config.RunConfig` and every algorithm's ``Params``)."""
+    from emfl.nn.algorithms import ALGORITHMS, PRESETS
+    from emfl.nn.config import GENERIC_FIELDS, RunConfig
+    from emfl.nn.settings import add_flags
+
+    add_flags(p, RunConfig, skip=[f for f in GENERIC_FIELDS if f != "task"])
     presets = "; ".join(f"{name} ({', '.join(f'{k} = {v}' for k, v in fixed.items())})"
                         for name, fixed in PRESETS.items())
-    p.add_argument("--algo", choices=list(ALGORITHMS) + list(PRESETS), default=d.algo,
+    p.add_argument("--algo", choices=list(ALGORITHMS) + list(PRESETS), default=RunConfig.algo,
                    help=f"an algorithm (emfl.nn.algorithms), or a preset: {presets}; an explicit setting "
                         "that differs from its preset is an error")
-    p.add_argument("--model", choices=list(MODELS), default="",
-                   help="network (default: lenet5; mlp-tanh for --task bits)")
-    p.add_argument("--rounds", type=int, default=d.rounds, help="rounds in all (with --resume: continue up to this)")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the split, the model and every client")
     p.add_argument("--data-dir", default=None, help="folder with the data (default: $EMFL_DATA_DIR)")
     p.add_argument("--download", action="store_true", help="download CIFAR-10 (md5-checked) if not found")
     p.add_argument("--out", required=True, help="run history (.json)")
@@ -173,38 +169,7 @@ def _run_flags(p, d, ALGORITHMS, PRESETS, TASKS, MODELS):
                    help="where the run's checkpoint goes (default: $EMFL_CHECKPOINT_DIR, else ~/.cache/emfl/checkpoints)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint of --out (starts afresh if neither exists)")
-    p.add_argument("--clients-per-round", dest="clients_per_round", type=int, default=d.clients_per_round,
-                   help="clients sampled each round")
-    p.add_argument("--local-epochs", dest="local_epochs", type=int, default=d.local_epochs,
-                   help="passes over its data a client makes each round")
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=0, help="0: 64 (CIFAR-10), 20 (FEMNIST)")
-    p.add_argument("--client-lr", dest="client_lr", type=float, default=d.client_lr, help="client SGD learning rate")
-    p.add_argument("--server-opt", dest="server_opt", choices=["adam", "sgd"], default=d.server_opt,
-                   help="server optimiser on the difference gradient")
-    p.add_argument("--server-lr", dest="server_lr", type=float, default=d.server_lr, help="server learning rate")
-    p.add_argument("--alpha", type=float, default=d.alpha, help="CIFAR-10 split: Dirichlet alpha (Hsu et al.)")
-    p.add_argument("--inputs", choices=["standard", "unit"], default=d.inputs,
-                   help="pixels standardised per channel (training set's mean and std) or x / 255 in [0, 1]; the paper "
-                        "states neither")
-    p.add_argument("--test-split", dest="test_split", choices=["matched", "disjoint"], default=d.test_split,
-                   help="CIFAR-10 shard test sets: matched to each shard's classes, or the earlier disjoint draw")
-    p.add_argument("--num-shards", dest="num_shards", type=int, default=d.num_shards, help="CIFAR-10: clients")
-    p.add_argument("--shard-size", dest="shard_size", type=int, default=d.shard_size,
-                   help="CIFAR-10: training images per client")
-    p.add_argument("--max-writers", dest="max_writers", type=int, default=d.max_writers, help="FEMNIST: first k writers (0: all)")
-    p.add_argument("--eval-every", dest="eval_every", type=int, default=d.eval_every,
-                   help="rounds between evaluations (each one rewrites the history)")
-    p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=d.checkpoint_every,
-                   help="rounds between checkpoints (kill -9 loses at most this many)")
-    p.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu, cuda")
-    p.add_argument("--client-batching", dest="client_batching", choices=["auto", "loop", "vmap"],
-                   default=d.client_batching, help="train a round's clients one by one or batched (auto: batched on CUDA)")
-    p.add_argument("--client-compute", dest="client_compute", choices=["sliced", "dense"], default=d.client_compute,
-                   help="clients train the model cut to its surviving units (sliced, faster) or the masked "
-                        "dense model (the same updates up to float round-off)")
-    p.add_argument("--precision", choices=["float32", "float64"], default=d.precision,
-                   help="float32 (the paper's, the bytes it counts) or float64 (3-5x slower on the CPU: to compare two "
-                        "computations of the same maths beyond float32 round-off)")
+    add_flags(p.add_argument_group("run settings"), RunConfig, skip=("task",))
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     settings = _algorithm_settings()
     group = p.add_argument_group("settings of the algorithms", "each algorithm takes only its own")

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from emfl.exercises import _call, _choice, _close, exercise
+from emfl._exercise_kit import call_answer, choice, close, exercise
 
 LN2 = math.log(2.0)
 
@@ -29,7 +29,7 @@ def _prune_count(prune_count):
              + [(0.3, t, 7, 13) for t in (0, 2, 3, 6, 7, 9)]
              + [(0.5, t, 200, 410_821) for t in (0, 1, 50, 100, 150, 199, 200, 250, 399)])
     for alpha, t, T, k in cases:
-        got = _call(prune_count, alpha, t, T, k)
+        got = call_answer(prune_count, alpha, t, T, k)
         if not _whole(got):
             if _number(got) and 0 <= float(got) <= 1:
                 return False, "that looks like the fraction alpha_t; the exercise asks for a count of coordinates out of k."
@@ -78,7 +78,7 @@ def _erk_densities(erk_densities):
              ([(32, 1, 5, 5), (64, 32, 5, 5), (512, 1024), (62, 512)], 0.2),  # FEMNIST's
              ([(8, 4), (2, 8), (4, 2), (16, 8)], 0.7)]  # a third layer turns dense only after the second is
     for shapes, D in cases:
-        got = _call(erk_densities, [tuple(s) for s in shapes], D)
+        got = call_answer(erk_densities, [tuple(s) for s in shapes], D)
         got = np.asarray(got, dtype=float)
         if got.shape != (len(shapes),):
             return False, (f"return one density per layer: {len(shapes)} numbers for {len(shapes)} shapes; "
@@ -86,11 +86,11 @@ def _erk_densities(erk_densities):
         if not np.all(np.isfinite(got)):
             return False, "some densities are not finite (nan or inf)."
         right = _erk(shapes, D)
-        if _close(got, right, rtol=1e-6):
+        if close(got, right, rtol=1e-6):
             continue
         sizes = np.array([math.prod(s) for s in shapes], dtype=float)
         score = np.array([sum(s) for s in shapes], dtype=float) / sizes
-        if _close(got, np.full(len(shapes), D)):
+        if close(got, np.full(len(shapes), D)):
             return False, ("that is the same density in every layer. ERK weighs layer l by (sum of its dims) / "
                            "(product of its dims): small layers with many inputs and outputs keep more.")
         if np.any(got > 1 + 1e-9):
@@ -99,7 +99,7 @@ def _erk_densities(erk_densities):
         kept = float((got * sizes).sum() / sizes.sum())
         if abs(kept - D) > 1e-6 * D:
             eps0 = D * sizes.sum() / (score * sizes).sum()
-            if _close(got, np.minimum(1.0, eps0 * score)):
+            if close(got, np.minimum(1.0, eps0 * score)):
                 return False, (f"the layers together keep {kept:.3f} of their weights, not D = {D}: once a layer is "
                                "dense, solve for eps again over the other layers.")
             return False, (f"the layers together keep {kept:.3f} of their weights; they must keep D = {D}: "
@@ -169,7 +169,7 @@ def _no_moves(answer, data, lam=1.0, rounds=12):
         shares[alpha], mses[alpha] = pm.support_recovery(masks, data.phi_true), pm.local_mse(test, w_s * masks)
     options = {"a": 0.0, "b": 0.5, "c": 1.0}
     right = min(options, key=lambda k: abs(options[k] - shares[0.0]))
-    return _choice(answer, right, "abc",
+    return choice(answer, right, "abc",
                    {"a": "run it: pm.fedspa(0.5, lam=1.0, alpha=0.0, T=10), 12 rounds, then pm.support_recovery.",
                     "b": ("alpha = 0.5 gets half the masks there by swapping; with alpha = 0, floor(alpha_t k) is 0 "
                           "from the first round."),
@@ -183,7 +183,7 @@ def _no_moves(answer, data, lam=1.0, rounds=12):
 
 @exercise("7.5", "why FedSpa's global accuracy is lower than its local one")
 def _global_below_local(answer):
-    return _choice(answer, "a", "abc",
+    return choice(answer, "a", "abc",
                    {"b": ("at D = 0.5 the same run's local accuracy is within 3 points of FedAvg's for half the bytes: "
                           "both accuracies are read from one run with the same messages. What model does each score?"),
                     "c": ("FedAvg is scored on the same global test images. What differs between the two methods is "
@@ -201,7 +201,7 @@ def _max_ixt(max_ixt):
     # cases where the ceiling is reached: N <= bins^units, or N a multiple of bins^units
     cases = [(10, 30, 4096), (3, 4, 4096), (1, 32, 4096), (512, 30, 1000), (2, 2, 3), (2, 3, 63), (5, 2, 96)]
     for units, bins, N in cases:
-        got = _call(max_ixt, units, bins, N)
+        got = call_answer(max_ixt, units, bins, N)
         if not _number(got):
             return False, f"return one number of bits; for units = {units}, bins = {bins}, N = {N} you returned {got!r}."
         got = float(got)
@@ -242,7 +242,7 @@ def _h(p) -> float:
 @exercise("8.2", "I(X;T) of a binned layer from its count table")
 def _ixt(ixt):
     for counts in _TABLES:
-        got = _call(ixt, counts.copy())
+        got = call_answer(ixt, counts.copy())
         if not _number(got):
             return False, f"return one number of bits; got {got!r}."
         got = float(got)
@@ -271,7 +271,7 @@ def _ixt(ixt):
 @exercise("8.3", "I(T;Y) of a binned layer from its count table")
 def _ity(ity):
     for counts in _TABLES + [np.array([[2, 2], [2, 2]])]:
-        got = _call(ity, counts.copy())
+        got = call_answer(ity, counts.copy())
         if not _number(got):
             return False, f"return one number of bits; got {got!r}."
         got = float(got)
@@ -305,7 +305,7 @@ def _ity(ity):
 
 @exercise("8.4", "the data-processing inequality")
 def _dpi(answer):
-    return _choice(answer, "a", "abc",
+    return choice(answer, "a", "abc",
                    {"b": ("training decides what T_4 keeps; T_5 is then computed from T_4 alone. Can a function of "
                           "T_4 hold more about Y than T_4 does?"),
                     "c": ("the weights decide which function a layer computes, not whether it is a function of the "
@@ -329,7 +329,7 @@ def _one_step(answer, runs):
         _, before, after = probes.averaging_jumps(doc, "act5")
         jumps.append(float(np.mean(after - before)))
     final11 = [runs[(split, 11)]["records"][-1]["global_acc"] for split in ("IID", "Dirichlet 0.1")]
-    return _choice(answer, "a", "abc",
+    return choice(answer, "a", "abc",
                    {"b": (f"the clients' own models do see the skew: their act5 jump at averaging is {jumps[1]:+.3f} "
                           f"bits under Dirichlet(0.1) against {jumps[0]:+.3f} IID. What does the server make of ten "
                           "single steps from the same model?"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from emfl.exercises import _call, _choice, _close, _shape_problem, exercise
+from emfl._exercise_kit import call_answer, choice, close, exercise, shape_problem
 
 GIB = 2**30
 
@@ -40,7 +40,7 @@ def _alpha_ten(answer):
     top = float(np.mean([np.bincount(train_y[i], minlength=10).max() / 500 for i in tr]))
     options = {"a": 0.15, "b": 0.30, "c": 0.65, "d": 0.90}
     right = min(options, key=lambda k: abs(options[k] - top))
-    return _choice(answer, right, "abcd",
+    return choice(answer, right, "abcd",
                    {"a": "that is alpha = 100 (the right panel): the split is nearly uniform only there.",
                     "c": "that is alpha = 1, the default (the left panel); alpha = 10 is ten times more even-handed.",
                     "d": "that is a small alpha, where most shards hold one class."},
@@ -61,7 +61,7 @@ def _adam(adam_step):
     mine = (w.clone(), torch.zeros(6), torch.zeros(6), 0)
     for step in range(3):
         g = torch.randn(6, generator=gen)
-        got = _call(adam_step, mine[0].clone(), g.clone(), mine[1].clone(), mine[2].clone(), mine[3])
+        got = call_answer(adam_step, mine[0].clone(), g.clone(), mine[1].clone(), mine[2].clone(), mine[3])
         if not isinstance(got, tuple) or len(got) != 4:
             return False, "return (w, m, v, t): the new weights, both moments and the step count."
         delta, state = opt.update(g, state)
@@ -69,11 +69,11 @@ def _adam(adam_step):
         gw, gm, gv, gt = got
         if int(gt) != step + 1:
             return False, "t counts the steps taken: 1 after the first."
-        if not _close(gm, state[0], rtol=1e-5) or not _close(gv, state[1], rtol=1e-5):
+        if not close(gm, state[0], rtol=1e-5) or not close(gv, state[1], rtol=1e-5):
             return False, "the moments: m = b1 m + (1 - b1) g and v = b2 v + (1 - b2) g^2."
-        if not _close(gw, w, rtol=1e-5, atol=1e-7):
+        if not close(gw, w, rtol=1e-5, atol=1e-7):
             plain = mine[0] - 1e-3 * gm / (torch.as_tensor(gv).sqrt() + 1e-8)
-            if _close(gw, plain, rtol=1e-5, atol=1e-7):
+            if close(gw, plain, rtol=1e-5, atol=1e-7):
                 return False, "divide the moments by 1 - b1^t and 1 - b2^t (bias correction) before the step."
             return False, "the step is lr m_hat / (sqrt(v_hat) + eps), subtracted from w."
         mine = (torch.as_tensor(gw), torch.as_tensor(gm), torch.as_tensor(gv), int(gt))
@@ -82,7 +82,7 @@ def _adam(adam_step):
 
 @exercise("3b.4", "why local accuracy falls late in training")
 def _local_falls(answer):
-    return _choice(answer, "a", "abc",
+    return choice(answer, "a", "abc",
                    {"b": "the server's global accuracy keeps rising over the same rounds: Adam is not diverging.",
                     "c": "the shards' test sets are fixed at the split; nothing about them changes."},
                    "Late in training one local epoch fits a shard's 500 images (training loss near 0.01): the "
@@ -95,7 +95,8 @@ def _one_filter(answer):
 
     from emfl.nn.groups import GroupMap
     from emfl.nn.messages import Bundle, GroupSparse, PerGroup
-    from emfl.nn.models import make_model, state_vector
+    from emfl.nn.models import make_model
+    from emfl.nn.state import state_vector
 
     if isinstance(answer, bool) or not isinstance(answer, (int, np.integer)):
         return False, f"answer with a whole number of bytes; you gave {answer!r}."
@@ -146,7 +147,7 @@ def _fedl1_first(answer, runs):
 
 @exercise("5.2", "why FedL1 prunes nothing for a hundred rounds")
 def _fedl1_why(answer):
-    return _choice(answer, "b", "abc",
+    return choice(answer, "b", "abc",
                    {"a": "the client's loss adds lam sum_g ||phi_sg|| to every batch (Eq. 24), from round 1.",
                     "c": "the server averages differences, it does not add to the norms; and the norms do fall "
                          "steadily (look at the sparsity after round 100)."},
@@ -205,7 +206,7 @@ def _feddrop_share(answer, runs):
     share = runs["FedDrop"]["records"][-1]["cum_gib"] / runs["FedAvg"]["records"][-1]["cum_gib"]
     options = {"a": 0.9, "b": 0.7, "c": 0.5, "d": 0.3}
     right = min(options, key=lambda k: abs(options[k] - share))
-    return _choice(answer, right, "abcd",
+    return choice(answer, right, "abcd",
                    {"a": "0.9 is the share of conv filters kept; most of the model is fc1, which loses more.",
                     "b": "count fc1, which holds most of the parameters: it keeps half its units, and each reads only "
                          "the kept conv2 filters.",
@@ -225,7 +226,7 @@ def _keeps_conv1(answer, screen, rnd=30):
     rows = {r["reading"]: r for r in ablation_rows(screen, None, rnd)}
     kept = {k: rows[v]["alive"]["conv1"] for k, v in options.items()}
     right = max(kept, key=kept.get)
-    return _choice(answer, right, "abcd",
+    return choice(answer, right, "abcd",
                    {"a": "pi_s is nearly 0 or 1 at the end of a round (T = 1e-3): it tells the server what z_s tells it.",
                     "b": "saturation matters only far from the threshold; a gate that flips is near it.",
                     "d": "Adam, like Adamax, steps by the sign of a lone gradient, and takes larger steps on rare ones.",
@@ -306,24 +307,24 @@ def _extrapolate(extrapolate):
         return {"config": {"algo": "fedsparse", "rounds": 100 * len(rates)}, "records": recs}
 
     case = doc([9.0, 6.0, 5.0, 5.0])  # the rate settles after 200 rounds
-    got = _call(extrapolate, case, 1000)
+    got = call_answer(extrapolate, case, 1000)
     right = (100 * (9 + 6 + 5 + 5) + 600 * 5) / 1024
-    if _close(got, right, rtol=1e-9):
+    if close(got, right, rtol=1e-9):
         flat = doc([4.0, 4.0])
-        if not _close(_call(extrapolate, flat, 600), (800 + 400 * 4) / 1024, rtol=1e-9):
+        if not close(call_answer(extrapolate, flat, 600), (800 + 400 * 4) / 1024, rtol=1e-9):
             return False, "with a constant rate the extrapolation is the last total plus rate x rounds left."
         return True, "right: the last total plus the last interval's rate for every round still to come."
-    if _close(got, 25 * 1000 / 4 / 1024, rtol=1e-9):
+    if close(got, 25 * 1000 / 4 / 1024, rtol=1e-9):
         return False, ("that is the mean rate since round 0, which counts the early rounds before the sparsity "
                        "settled; use the rate of the last interval.")
-    if _close(got, right * 1024 / 1000, rtol=1e-6):
+    if close(got, right * 1024 / 1000, rtol=1e-6):
         return False, "the answer is in GiB (2^30 bytes), the unit of cum_gib."
     return False, "GiB at the last record, plus (bytes of the last interval / its rounds) x (rnd - last round), in GiB."
 
 
 @exercise("6.3", "why local accuracy overtakes global accuracy")
 def _local_overtakes(answer):
-    return _choice(answer, "a", "abc",
+    return choice(answer, "a", "abc",
                    {"b": "each writer's test images are fixed by LEAF's 90/10 split; they never change.",
                     "c": "the global test images are the union of the writers' test images, the same throughout."},
                    "Local accuracy averages each writer's last communicated model: after 300 rounds many of those "
@@ -348,7 +349,7 @@ def _writers_reached(answer, writers=3597, rounds=2000, per_round=10):
 
 @exercise("6.5", "what fixes the sparsity after 100 rounds")
 def _frozen_gates(answer):
-    return _choice(answer, "a", "abc",
+    return choice(answer, "a", "abc",
                    {"b": "the server sends its thresholds with the surviving units every round.",
                     "c": "lam0 is constant through the run; nothing anneals it."},
                    "With T = 1e-3 a unit's theta_g is exactly 0 or 1 in float32 once its norm is about 0.02 from "

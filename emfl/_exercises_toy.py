@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from emfl import em, linreg
-from emfl.exercises import _call, _choice, _close, _shape_problem, exercise
+from emfl._exercise_kit import call_answer, choice, close, exercise, shape_problem
 
 # --------------------------------------------------------------------------- 01 · FedAvg is hard-EM
 
@@ -18,19 +18,19 @@ def _m_step(m_step):
     rng = np.random.default_rng(11)
     cases = [_PHIS, rng.normal(size=(8, 3)), rng.normal(size=(1, 4))]
     for phis in cases:
-        got = _call(m_step, phis.copy())
-        problem = _shape_problem(got, phis.shape[1:], "w")
+        got = call_answer(m_step, phis.copy())
+        problem = shape_problem(got, phis.shape[1:], "w")
         if problem:
             if np.asarray(got).shape == phis.shape[:1]:
                 problem += " Aggregate over the clients (one value per coordinate), not over the coordinates."
             return False, problem
         right = phis.mean(axis=0)
-        if _close(got, right):
+        if close(got, right):
             continue
-        if _close(got, phis.sum(axis=0)):
+        if close(got, phis.sum(axis=0)):
             return False, ("you added the clients' points up. Set the gradient of Eq. 10, "
                            "lam sum_s (phi_s - w), to zero and solve for w.")
-        if _close(got, np.median(phis, axis=0)):
+        if close(got, np.median(phis, axis=0)):
             return False, ("the median is the M-step of a Laplace prior (notebook 02). For the Gaussian, set "
                            "the gradient of Eq. 10 to zero.")
         return False, "w should maximise Eq. 10, -lam/2 sum_s ||phi_s - w||^2: where is its gradient zero?"
@@ -49,21 +49,21 @@ def _e_step(e_step):
     for d in (2, 3):
         cases.append((_spd(rng, d), rng.normal(size=d), rng.normal(size=d), float(rng.uniform(0.2, 3))))
     for A, b, w, lam in cases:
-        got = _call(e_step, A.copy(), b.copy(), w.copy(), lam)
-        problem = _shape_problem(got, w.shape, "phi_s*")
+        got = call_answer(e_step, A.copy(), b.copy(), w.copy(), lam)
+        problem = shape_problem(got, w.shape, "phi_s*")
         if problem:
             return False, problem
         I = np.eye(len(w))
-        if _close(got, np.linalg.solve(A + lam * I, b + lam * w)):
+        if close(got, np.linalg.solve(A + lam * I, b + lam * w)):
             continue
-        if _close(got, np.linalg.solve(A + lam * I, b)):
+        if close(got, np.linalg.solve(A + lam * I, b)):
             return False, ("your phi_s* does not move with w: the prior N(w, I/lam) adds lam w to the "
                            "right-hand side as well as lam I to the precision.")
-        if _close(got, np.linalg.solve(A, b + lam * w)):
+        if close(got, np.linalg.solve(A, b + lam * w)):
             return False, "the prior adds lam I to the client's precision A: the posterior precision is A + lam I."
-        if _close(got, np.linalg.solve(A, b)):
+        if close(got, np.linalg.solve(A, b)):
             return False, "that is the client's own least-squares fit, which ignores the prior p(phi_s | w)."
-        if _close(got, w):
+        if close(got, w):
             return False, "that is the server's w: the E-step weighs it against the client's data."
         return False, ("maximise log p(D_s | phi) + log p(phi | w): set the gradient, b - A phi - lam (phi - w), "
                        "to zero and solve for phi.")
@@ -74,17 +74,17 @@ def _e_step(e_step):
 def _round(hard_em_round):
     data = linreg.make_federated_linreg(S=5, d=3, lam_true=1.0, n_range=(4, 12), seed=13)
     w, lam = np.array([0.3, -0.2, 1.0]), 0.7
-    got = _call(hard_em_round, data, w.copy(), lam)
+    got = call_answer(hard_em_round, data, w.copy(), lam)
     if not isinstance(got, tuple) or len(got) != 2:
         return False, "return a pair (w_new, phis): the server's new w and the clients' phi_s* stacked in rows."
     w_new, phis = (np.asarray(g, dtype=float) for g in got)
     state, right_phis = em.hard_em(lam).apply(em.ServerState(w, lam), data)
-    problem = _shape_problem(phis, right_phis.shape, "phis") or _shape_problem(w_new, w.shape, "w_new")
+    problem = shape_problem(phis, right_phis.shape, "phis") or shape_problem(w_new, w.shape, "w_new")
     if problem:
         return False, problem
-    if not _close(phis, right_phis):
+    if not close(phis, right_phis):
         return False, "the clients' phi_s* are off: check each client's E-step (exercise 1.2) with its own A_s, b_s."
-    if not _close(w_new, state.w):
+    if not close(w_new, state.w):
         return False, "the clients are right but the server's w is not: the M-step is exercise 1.1."
     return True, "right: one round of hard-EM is one round of FedAvg with exact local solves."
 
@@ -92,7 +92,7 @@ def _round(hard_em_round):
 @exercise("1.4", "the prior that K local steps imply (section 3)")
 def _effective(effective_lam):
     for a, K, eta in ((2.0, 1, 0.1), (2.0, 30, 0.1), (0.5, 10, 0.05), (4.0, 3, 0.2), (1.0, 100, 0.001)):
-        got = _call(effective_lam, a, K, eta)
+        got = call_answer(effective_lam, a, K, eta)
         if np.ndim(got) != 0:
             return False, f"return one number (the precision along an eigenvector with eigenvalue a); got shape {np.shape(got)}."
         q = (1 - eta * a) ** K
@@ -131,7 +131,7 @@ def _predict_steps(answer, data, lr, rounds=15, w0=(1.5, 1.5), lam=1.0):
 
 @exercise("1.6", "why hard-EM cannot learn lambda")
 def _why_lam(answer):
-    return _choice(answer, "a", "abc",
+    return choice(answer, "a", "abc",
                    {"b": "that term is in both updates. Compare the two formulas of section 4 term by term.",
                     "c": "S d is the numerator of both. Compare the denominators."},
                    "Hard-EM replaces the posterior by a point, so its spread tr Sigma_s is lost: the "
@@ -146,13 +146,13 @@ def _laplace_m_step(m_step):
     rng = np.random.default_rng(21)
     cases = [np.array([[1.0, 5.0], [2.0, -1.0], [10.0, 0.0]]), rng.normal(size=(9, 3)), rng.standard_cauchy(size=(7, 2))]
     for phis in cases:
-        got = _call(m_step, phis.copy())
-        problem = _shape_problem(got, phis.shape[1:], "w")
+        got = call_answer(m_step, phis.copy())
+        problem = shape_problem(got, phis.shape[1:], "w")
         if problem:
             return False, problem
-        if _close(got, np.median(phis, axis=0)):
+        if close(got, np.median(phis, axis=0)):
             continue
-        if _close(got, phis.mean(axis=0)):
+        if close(got, phis.mean(axis=0)):
             return False, ("the mean is the Gaussian prior's M-step. Here the server maximises "
                            "-lam sum_s |phi_sj - w_j| for each j: where does its derivative (Eq. 45) change sign?")
         return False, "maximise -lam sum_s ||phi_s - w||_1 one coordinate at a time: where do as many clients lie above w_j as below?"
@@ -196,20 +196,20 @@ def _responsibilities(resp):
              (rng.normal(size=(6, 2)), rng.normal(size=(3, 2)), 0.7),
              (rng.normal(size=(4, 3)) * 30, rng.normal(size=(2, 3)) * 30, 2.0)]  # far apart: exp underflows
     for phis, ws, lam in cases:
-        got = _call(resp, phis.copy(), ws.copy(), lam)
-        problem = _shape_problem(got, (len(phis), len(ws)), "r")
+        got = call_answer(resp, phis.copy(), ws.copy(), lam)
+        problem = shape_problem(got, (len(phis), len(ws)), "r")
         if problem:
             return False, problem
         right = MixturePrior(lam).responsibilities(phis, ws)
-        if _close(got, right, atol=1e-8):
+        if close(got, right, atol=1e-8):
             continue
         got = np.asarray(got, dtype=float)
         sq = ((phis[:, None, :] - ws[None, :, :]) ** 2).sum(-1)
-        if not np.allclose(got.sum(axis=1), 1) and _close(got, np.exp(-lam / 2 * sq)):
+        if not np.allclose(got.sum(axis=1), 1) and close(got, np.exp(-lam / 2 * sq)):
             return False, "each row is a distribution over the M components: normalise it to sum to one."
         with np.errstate(over="ignore", invalid="ignore"):
             unscaled = np.exp(-sq) / np.exp(-sq).sum(axis=1, keepdims=True)
-        if _close(got, unscaled, atol=1e-8):
+        if close(got, unscaled, atol=1e-8):
             return False, "the component's density is exp(-lam/2 ||phi - w_k||^2): the precision lam belongs in the exponent."
         if np.all(np.isfinite(right)) and not np.all(np.isfinite(got)):
             return False, ("far from every component exp(-lam/2 ||phi - w_k||^2) underflows to 0 and 0/0 is nan: "
@@ -228,16 +228,16 @@ def _mixture_m_step(m_step):
     R = rng.dirichlet(np.ones(4), size=7)
     cases.append((P, R))
     for phis, r in cases:
-        got = _call(m_step, phis.copy(), r.copy())
-        problem = _shape_problem(got, (r.shape[1], phis.shape[1]), "ws")
+        got = call_answer(m_step, phis.copy(), r.copy())
+        problem = shape_problem(got, (r.shape[1], phis.shape[1]), "ws")
         if problem:
             return False, problem
         right = (r.T @ phis) / r.sum(axis=0)[:, None]
-        if _close(got, right):
+        if close(got, right):
             continue
-        if _close(got, r.T @ phis):
+        if close(got, r.T @ phis):
             return False, "each w_k is a weighted *average*: divide by the total weight sum_s r_sk."
-        if _close(got, np.repeat(phis.mean(axis=0)[None], r.shape[1], axis=0)):
+        if close(got, np.repeat(phis.mean(axis=0)[None], r.shape[1], axis=0)):
             return False, "every component got the plain average: weight each client by its responsibility r_sk."
         return False, "w_k maximises sum_s r_sk log N(phi_s; w_k, I/lam): set its gradient to zero (Eq. 52)."
     return True, "right: EM for a Gaussian mixture, run on what the clients send."
@@ -268,14 +268,14 @@ def _global_optimum(global_optimum):
     for S, d in ((3, 2), (4, 3)):
         cases.append(([_spd(rng, d) for _ in range(S)], [rng.normal(size=d) for _ in range(S)]))
     for As, mus in cases:
-        got = _call(global_optimum, [A.copy() for A in As], [m.copy() for m in mus])
-        problem = _shape_problem(got, mus[0].shape, "w*")
+        got = call_answer(global_optimum, [A.copy() for A in As], [m.copy() for m in mus])
+        problem = shape_problem(got, mus[0].shape, "w*")
         if problem:
             return False, problem
         right = np.linalg.solve(sum(As), sum(A @ m for A, m in zip(As, mus)))
-        if _close(got, right):
+        if close(got, right):
             continue
-        if _close(got, np.mean(mus, axis=0)):
+        if close(got, np.mean(mus, axis=0)):
             return False, ("that is the plain average of the client optima, FedAvg's fixed point with many local "
                            "steps: it treats every Sigma_i as the identity. Weigh each mu_i by its precision.")
         return False, ("the product of Gaussians N(mu_i, A_i^-1) is Gaussian: add the precisions, and the "
@@ -292,19 +292,19 @@ def _shrinkage(shrinkage_covariance):
              (rng.normal(size=(2, 4)), 0.5)]
     for samples, rho in cases:
         l, d = samples.shape
-        got = _call(shrinkage_covariance, samples.copy(), rho)
-        problem = _shape_problem(got, (d, d), "Sigma")
+        got = call_answer(shrinkage_covariance, samples.copy(), rho)
+        problem = shape_problem(got, (d, d), "Sigma")
         if problem:
             return False, problem
         right = fedpa.shrinkage_covariance(samples, rho)
-        if _close(got, right):
+        if close(got, right):
             continue
         r = 1 / (1 + (l - 1) * rho)
         S0 = np.cov(samples, rowvar=False, ddof=0).reshape(d, d)
         S1 = np.cov(samples, rowvar=False, ddof=1).reshape(d, d)
-        if _close(got, r * np.eye(d) + (1 - r) * S0):
+        if close(got, r * np.eye(d) + (1 - r) * S0):
             return False, "use the unbiased sample covariance (divide by l - 1, not l)."
-        if _close(got, rho * np.eye(d) + (1 - rho) * S1) or _close(got, (1 - r) * np.eye(d) + r * S1):
+        if close(got, rho * np.eye(d) + (1 - rho) * S1) or close(got, (1 - r) * np.eye(d) + r * S1):
             return False, "the weight on the identity is rho_l = 1 / (1 + (l - 1) rho), and 1 - rho_l on S."
         return False, "Sigma = rho_l I + (1 - rho_l) S with rho_l = 1 / (1 + (l - 1) rho) and S the sample covariance."
     return True, "right: rho = 0 (or l = 1) gives the identity, FedAvg; a large rho trusts the samples."
@@ -319,17 +319,17 @@ def _delta_two(delta_two_samples):
     for d in (2, 5):
         cases.append((rng.normal(size=d), rng.normal(size=d), rng.normal(size=d), float(rng.uniform(0.5, 50))))
     for x1, x2, theta, rho in cases:
-        got = _call(delta_two_samples, x1.copy(), x2.copy(), theta.copy(), rho)
-        problem = _shape_problem(got, theta.shape, "delta")
+        got = call_answer(delta_two_samples, x1.copy(), x2.copy(), theta.copy(), rho)
+        problem = shape_problem(got, theta.shape, "delta")
         if problem:
             return False, problem
         right = fedpa.delta_exact(np.stack([x1, x2]), theta, rho)
-        if _close(got, right):
+        if close(got, right):
             continue
         mu = (x1 + x2) / 2
-        if _close(got, theta - mu):
+        if close(got, theta - mu):
             return False, "that is w - mu, the delta with Sigma = I (FedAvg on the sample mean); apply Sigma^-1."
-        if _close(got, -right):
+        if close(got, -right):
             return False, "the sign: the delta is Sigma^-1 (w - mu), which the server subtracts."
         return False, ("with two samples S = u u^T / 2 for u = x1 - x2, so Sigma = rho_l I + c u u^T: invert it with "
                        "Sherman-Morrison, or solve the d x d system.")
@@ -366,7 +366,7 @@ def _how_many_samples(answer, data, lr, K=300, rho=100.0, rounds=30):
 
 @exercise("3.5", "why the two biases move apart")
 def _why_bias(answer):
-    return _choice(answer, "a", "abc",
+    return choice(answer, "a", "abc",
                    {"b": "both methods take the same SGD steps with the same learning rate.",
                     "c": "the bias is measured before any server step: the server's optimiser plays no part."},
                    "With many steps FedAvg's update tends to w - mu_i, which counts every client's optimum "
@@ -383,21 +383,21 @@ def _sparse_m_step(m_step):
     cases = [(np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([[1.0, 0.0], [1.0, 1.0]])),
              (rng.normal(size=(5, 4)), rng.uniform(0.1, 0.9, size=(5, 4)))]
     for w_s, pi in cases:
-        got = _call(m_step, w_s.copy(), pi.copy())
+        got = call_answer(m_step, w_s.copy(), pi.copy())
         if not isinstance(got, tuple) or len(got) != 2:
             return False, "return a pair (w, theta), each of shape (d,)."
         w, theta = got
-        problem = _shape_problem(w, w_s.shape[1:], "w") or _shape_problem(theta, w_s.shape[1:], "theta")
+        problem = shape_problem(w, w_s.shape[1:], "w") or shape_problem(theta, w_s.shape[1:], "theta")
         if problem:
             return False, problem
         right_w, right_theta = (pi * w_s).sum(0) / pi.sum(0), pi.mean(0)
-        if not _close(w, right_w):
-            if _close(w, w_s.mean(0)):
+        if not close(w, right_w):
+            if close(w, w_s.mean(0)):
                 return False, ("w counts a client's value even where the client switched it off: weigh each w_s "
                                "by its pi_s (set the gradient of Eq. 19 to zero).")
             return False, "w is off: set sum_s lam pi_s (w_s - w) = 0 (Eq. 19) and solve for w."
-        if not _close(theta, right_theta):
-            if _close(theta, pi.sum(0)):
+        if not close(theta, right_theta):
+            if close(theta, pi.sum(0)):
                 return False, "theta is a probability: it comes out as an average, not a sum, of the pi_s."
             return False, "theta is off: set sum_s pi_s / theta - (1 - pi_s) / (1 - theta) = 0 and solve."
     return True, "right: w is the pi-weighted average of the clients' values, theta the average of their pi."
@@ -406,7 +406,7 @@ def _sparse_m_step(m_step):
 @exercise("4.2", "what switching a gate on costs")
 def _gate_cost(gate_cost):
     for lam0, theta in ((5.0, 0.5), (5.0, 0.99), (1.0, 0.1), (0.0, 0.7)):
-        got = _call(gate_cost, lam0, theta)
+        got = call_answer(gate_cost, lam0, theta)
         if np.ndim(got) != 0:
             return False, "return one number, in nats."
         right = lam0 - np.log(theta / (1 - theta))
@@ -425,7 +425,7 @@ def _gate_cost(gate_cost):
 def _cross_entropy(cross_entropy):
     cases = [(np.array([1.0, 0.0]), np.array([0.5, 0.5])), (np.array([0.2, 0.9, 0.5]), np.array([0.6, 0.3, 0.99]))]
     for pi, theta in cases:
-        got = _call(cross_entropy, pi.copy(), theta.copy())
+        got = call_answer(cross_entropy, pi.copy(), theta.copy())
         if np.ndim(got) != 0:
             return False, "return one number: the sum over the gates."
         right = float(np.sum(pi * np.log(theta) + (1 - pi) * np.log(1 - theta)))
@@ -457,7 +457,7 @@ def _half_gone(answer, grid, lam=1.0, ce_scale=1e-4):
 
 @exercise("4.5", "why FedSparse can send more than FedAvg")
 def _more_than_fedavg(answer):
-    return _choice(answer, "a", "abc",
+    return choice(answer, "a", "abc",
                    {"b": "on the toy world a client's gates are binary already and it sends them once.",
                     "c": "no data ever leaves a client, in any of these algorithms."},
                    "Until it prunes, FedSparse sends a keep-probability theta_j beside every value w_j (and the "

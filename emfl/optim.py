@@ -11,7 +11,7 @@ from typing import Any, Callable, NamedTuple
 
 from emfl._checks import check_nonnegative, check_positive
 
-__all__ = ["ServerOptimizer", "sgd", "adam", "adamax", "make_optimizer"]
+__all__ = ["ServerOptimizer", "sgd", "adam", "adamax", "make_optimizer", "OPTIMIZERS"]
 
 
 class ServerOptimizer(NamedTuple):
@@ -96,10 +96,11 @@ def _maximum(a, b):
 
 
 _OPTIMIZERS = {"sgd": sgd, "adam": adam, "adamax": adamax}
+OPTIMIZERS = tuple(_OPTIMIZERS)  # their names
 
 
 def make_optimizer(name: str, **kwargs) -> ServerOptimizer:
-    """A server optimiser by name: ``"sgd"`` or ``"adam"``."""
+    """A server optimiser by name: one of ``OPTIMIZERS`` (sgd, adam, adamax)."""
     try:
         factory = _OPTIMIZERS[name]
     except (KeyError, TypeError):

@@ -12,13 +12,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from emfl.nn import algorithms, engine as eng
-from emfl.nn.algorithms.base import Algorithm, ClientResult, setting
+from emfl.nn import algorithms
+from emfl.nn.seeding import derive_seed
+from emfl.nn.algorithms.base import Algorithm, ClientResult
+from emfl.nn.settings import setting
 from emfl.nn.config import RunConfig
 from emfl.nn.engine import Engine
 from emfl.nn.groups import GroupMap
 from emfl.nn.messages import Bundle, Dense, GroupSparse, SubModel, Thresholds, mask_bytes
-from emfl.nn.models import load_state_vector, make_model, state_vector
+from emfl.nn.models import make_model
+from emfl.nn.state import load_state_vector, state_vector
 
 from nn_helpers import tiny_federation
 
@@ -45,7 +48,7 @@ def scaffold_reference(data, config, x, c, c_clients, clients):
         for p in params:
             shapes.append((i, i + p.numel(), p.shape))
             i += p.numel()
-        gen = torch.Generator().manual_seed(eng._seed(config.seed, "client", 0, s))
+        gen = torch.Generator().manual_seed(derive_seed(config.seed, "client", 0, s))
         perm = torch.randperm(len(data.train_y[s]), generator=gen)
         steps = 0
         for b in range(0, len(perm), config.batch_size):
@@ -222,9 +225,8 @@ class Shrink(Algorithm):
     Params = ShrinkParams
     PRESETS = {"quarter": {"factor": 0.25}}
 
-    def client_update(self, msg, job):
-        load_state_vector(self.run.model, msg.values * self.params.factor)  # the local model
-        return ClientResult(Dense(msg.values * self.params.factor), loss=0.0)
+    def client_update(self, msg, job, rt):
+        return ClientResult(Dense(msg.values * self.params.factor), loss=0.0, local=msg.values * self.params.factor)
 
     def m_step(self, state, down, results):
         w = torch.stack([r.up.values for r in results]).mean(0)
@@ -266,10 +268,9 @@ def test_an_algorithm_added_through_the_registry_runs_without_loop_edits(shrink,
 
 
 def test_every_algorithm_runs_a_round_and_counts_its_messages():
-    needs = {"fedprox": {"lam": 0.5}, "fedl1": {"lam": 0.01}, "fedpa": {"local_epochs": 2}}
     data = tiny_federation(clients=4, n=8, m=2)
-    for name in algorithms.ALGORITHMS:
-        e = Engine(RunConfig(algo=name, rounds=1, clients_per_round=2, batch_size=4, **needs.get(name, {})), data)
+    for name, algorithm in algorithms.ALGORITHMS.items():
+        e = Engine(RunConfig(algo=name, rounds=1, clients_per_round=2, batch_size=4, **algorithm.EXAMPLE), data)
         info = e.run_round()
         assert info["round"] == 1 and math.isfinite(info["train_loss"]), name
         assert 0 < e.bytes_down and 0 < e.bytes_up, name

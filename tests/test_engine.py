@@ -10,8 +10,11 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from emfl.nn import engine as eng
-from emfl.nn.engine import ALGORITHMS, Diverged, Engine, RunConfig, load_state_vector, state_vector
+from emfl.nn.seeding import derive_seed
+from emfl.nn.engine import Diverged, Engine
+from emfl.nn.state import load_state_vector, state_vector
+from emfl.nn.algorithms import ALGORITHMS
+from emfl.nn.config import RunConfig
 from emfl.nn.models import MODELS, make_model, num_parameters
 from emfl.nn.runner import RunError, checkpoint_path, load_checkpoint, run, save_checkpoint
 
@@ -68,7 +71,7 @@ def reference_round(data, config):
         model = make_model(config.model, data.input_shape, data.num_classes).double()
         load_state_vector(model, w)
         opt = torch.optim.SGD(model.parameters(), lr=config.client_lr)
-        gen = torch.Generator().manual_seed(eng._seed(config.seed, "client", 0, int(s)))
+        gen = torch.Generator().manual_seed(derive_seed(config.seed, "client", 0, int(s)))
         perm = torch.randperm(len(data.train_y[s]), generator=gen)
         for b in range(0, len(perm), config.batch_size):
             idx = perm[b:b + config.batch_size]
@@ -180,8 +183,8 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypat
 
     real = FedAvg.client_update
 
-    def poisoned(self, msg, job):
-        result = real(self, msg, job)
+    def poisoned(self, msg, job, rt):
+        result = real(self, msg, job, rt)
         return result._replace(up=Dense(result.up.values * float("nan"))) if job.rnd == 2 else result
 
     monkeypatch.setattr(FedAvg, "client_update", poisoned)
@@ -213,7 +216,12 @@ def test_fedpa_burn_in_rounds_are_fedavg_and_fedpa_runs():
     "kwargs, message",
     [
         (dict(algo="fedsgd"), "unknown algorithm 'fedsgd'; choose one of fedavg, fedprox, fedpa"),
-        (dict(task="mnist"), "unknown task 'mnist'"),
+        (dict(task="mnist"), "task must be cifar10 or femnist or bits; got 'mnist'"),
+        (dict(server_opt="foo"), "server_opt must be sgd or adam or adamax; got 'foo'"),
+        (dict(model="vgg"), "model must be lenet5 or lenet5-classic or resnet20 or mlp-tanh; got 'vgg'"),
+        (dict(client_batching="all"), "client_batching must be auto or loop or vmap; got 'all'"),
+        (dict(seed=-1), "seed must be a whole number >= 0; got -1"),
+        (dict(alpha=float("nan")), "alpha must be a positive number"),
         (dict(rounds=0), "rounds must be a whole number >= 1"),
         (dict(client_lr=-0.1), "client_lr must be a positive number"),
         (dict(algo="fedprox"), "fedprox needs --lam > 0"),
@@ -267,6 +275,45 @@ def test_a_checkpoint_cannot_run_code(tmp_path):
         run(RunConfig(rounds=2, clients_per_round=2), out, data=data, resume=True, progress=False)
 
 
+def test_run_settings_are_declared_once():
+    """Every run setting's flag, default, choices and check come from its declaration: the flags
+    ``emfl run --help`` lists are the declared fields, with the declared defaults, and a value the
+    declaration refuses fails when the RunConfig is made with the sentence the command line prints."""
+    import argparse
+    from dataclasses import fields as dc_fields
+
+    from emfl.__main__ import _run_flags
+    from emfl.nn.config import GENERIC_FIELDS
+    from emfl.nn.settings import choices_of
+
+    p = argparse.ArgumentParser()
+    _run_flags(p)
+    by_dest = {a.dest: a for a in p._actions}
+    declared = {f.name: f for f in dc_fields(RunConfig) if f.name in GENERIC_FIELDS}
+    for name, f in declared.items():
+        if name == "preset":
+            assert name not in by_dest  # set by --algo NAME-LEVEL, not a flag of its own
+            continue
+        action = by_dest[name]
+        assert action.option_strings == ["--" + name.replace("_", "-")]
+        assert action.default == f.default, name
+        assert action.help and action.help == (f.metadata["help"] if name != "algo" else action.help)
+        if "choices" in f.metadata:
+            assert tuple(action.choices) == choices_of(f)
+    assert by_dest["server_opt"].choices == ("sgd", "adam", "adamax")  # every optimiser emfl.optim has
+
+
+def test_a_bad_run_setting_fails_where_it_is_made_with_the_cli_sentence(tmp_path, capsys):
+    from emfl.__main__ import main
+
+    for flag, value, name in (("--clients-per-round", "0", "clients_per_round"), ("--server-lr", "-1", "server_lr"),
+                              ("--max-writers", "-2", "max_writers")):
+        with pytest.raises(ValueError) as made:
+            RunConfig(**{name: type(getattr(RunConfig(), name))(value)})
+        assert main(["run", flag, value, "--out", str(tmp_path / "x.json"), "--data-dir", str(tmp_path)]) == 2
+        assert capsys.readouterr().err.strip() == f"error: {made.value}"
+
+
 def test_cli_errors(tmp_path, capsys):
     from emfl.__main__ import main
 
@@ -286,10 +333,6 @@ def test_cli_errors(tmp_path, capsys):
     assert out.returncode == 2 and "invalid choice: 'svhn'" in out.stderr
 
 
-# settings an algorithm needs to run at all (the others run with their defaults)
-NEEDS = {"fedprox": {"lam": 0.5}, "fedl1": {"lam": 0.01}, "fedpa": {"local_epochs": 2}}
-
-
 @pytest.mark.numeric
 @pytest.mark.parametrize("algo", [name for name, a in ALGORITHMS.items() if a.pure_client])
 def test_batched_clients_equal_the_loop(algo):
@@ -299,7 +342,7 @@ def test_batched_clients_equal_the_loop(algo):
     # float64: the batched and the looped kernels round differently (and differently on each CPU);
     # in float64 that is ~1e-12, far below what a wrong batch, step or control variate would change
     base = dict(algo=algo, rounds=2, clients_per_round=3, batch_size=8, server_opt="sgd", server_lr=1.0,
-                precision="float64", **NEEDS.get(algo, {}))
+                precision="float64", **ALGORITHMS[algo].EXAMPLE)
     loop = Engine(RunConfig(client_batching="loop", **base), data)
     vmapped = Engine(RunConfig(client_batching="vmap", **base), data)
     for _ in range(2):  # the second round starts from what the first left (control variates)
@@ -324,7 +367,7 @@ def test_batched_clients_refused_where_the_client_is_not_pure():
     assert impure  # FedSparse, FedDrop and FedPA train more than a pure loss
     for algo in impure:
         e = Engine(RunConfig(algo=algo, rounds=1, clients_per_round=2, client_batching="vmap",
-                             **NEEDS.get(algo, {})), data)
+                             **ALGORITHMS[algo].EXAMPLE), data)
         with pytest.raises(ValueError, match="client_batching=vmap needs an algorithm whose client update is pure"):
             e.run_round()
 
@@ -362,7 +405,7 @@ def test_history_loading_and_plotting(tmp_path):
 def test_local_model_ages_by_hand():
     """Two clients, one a round: both are sampled every round, so the last models are 0 rounds
     old; with 10 clients and 1 a round over 3 rounds, 3 clients are seen, 2, 1 and 0 rounds ago."""
-    from emfl.nn.engine import local_model_ages, sample_clients
+    from emfl.nn.seeding import local_model_ages, sample_clients
 
     assert sorted(local_model_ages(0, 4, 2, 2).tolist()) == [0, 0]
     ages = local_model_ages(0, 3, 10, 1)
@@ -401,15 +444,15 @@ def test_fedpa_client_delta_is_the_exact_shrinkage_solve(monkeypatch):
     from torch.nn import functional as F
 
     from emfl import fedpa
-    from emfl.nn.engine import ClientJob
-    from emfl.nn.models import load_state_vector, state_vector
+    from emfl.nn.seeding import ClientJob
+    from emfl.nn.state import load_state_vector, state_vector
 
     data = _softmax_world(monkeypatch)
     e = Engine(RunConfig(algo="fedpa", model="softmax", local_epochs=4, batch_size=4, rho=0.5, rounds=1,
                          client_lr=0.1, clients_per_round=data.num_clients, precision="float64"), data)
     algo = e.algorithm
     _, down = algo.server_message(e.server)
-    up = algo.client_update(down, ClientJob(0, 0, 1)).up
+    up = algo.client_update(down, ClientJob(0, 0, 1), e.runtime).up
     model = _Softmax((1, 4, 4), 3).double()
     load_state_vector(model, down.values)
     gen = ClientJob(0, 0, 1).gen
@@ -443,7 +486,7 @@ def test_fedpa_weights_the_deltas_by_example_counts(monkeypatch):
                              server_opt="sgd", server_lr=1.0, fedpa_weighting=weighting, precision="float64"), data)
         sent = []
         update = e.algorithm.client_update
-        e.algorithm.client_update = lambda msg, job: sent.append((job.s, update(msg, job))) or sent[-1][1]
+        e.algorithm.client_update = lambda msg, job, rt: sent.append((job.s, update(msg, job, rt))) or sent[-1][1]
         w0 = e.w.clone()
         e.run_round()
         runs[weighting] = (w0, e.w.clone(), {s: r.up["delta"].values for s, r in sent})

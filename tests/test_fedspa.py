@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from emfl.nn.algorithms.fedspa import erk_densities, mac_share, prune_fraction
+from emfl.nn.algorithms.fedspa import erk_densities, mac_share
+from emfl.personal_masks import prune_fraction
 from emfl.nn.messages import pack_bits, unpack_bits
 from emfl.nn.config import RunConfig
-from emfl.nn.engine import ClientJob, Engine
+from emfl.nn.engine import Engine
+from emfl.nn.seeding import ClientJob
 from emfl.nn.runner import checkpoint_path, load_checkpoint, run
 
 from nn_helpers import tiny_federation
@@ -72,15 +74,13 @@ def test_messages_carry_only_the_masked_values():
     job = ClientJob(0, 0, 2)
     msg = algo.message_to(down, job)
     held = int(msg.mask.sum())
-    biases = algo.run.d - algo.maskable  # every value outside the conv and linear weights is held
+    biases = algo.setup.d - algo.maskable  # every value outside the conv and linear weights is held
     assert held == sum(algo.counts) + biases
     assert msg.nbytes == 4 * held  # the server knows the mask: values only
     assert torch.all(msg.values[~msg.mask] == 0)
-    result = algo.client_update(msg, job)
+    result = algo.client_update(msg, job, e.runtime)
     assert result.up.nbytes == 4 * held + math.ceil(algo.maskable / 8)  # the new mask travels up
-    from emfl.nn.models import state_vector
-
-    local = state_vector(algo.run.model)  # the client's model after training
+    local = result.local  # the client's model after training
     assert torch.all(local[~msg.mask] == 0) and torch.count_nonzero(local[msg.mask]) > 0.9 * held  # sparse to sparse
 
 
@@ -142,7 +142,7 @@ def test_the_server_averages_each_weight_over_the_clients_that_hold_it():
     a[:3] = True  # client A holds values 0, 1, 2
     b = torch.zeros(d, dtype=torch.bool)
     b[1:4] = True  # client B holds 1, 2, 3
-    ups = [ClientResult(Masked(torch.full((d,), 2.0), a), 0.0), ClientResult(Masked(torch.full((d,), 4.0), b), 0.0)]
+    ups = [ClientResult(Masked(torch.full((d,), 2.0), a), 0.0, None), ClientResult(Masked(torch.full((d,), 4.0), b), 0.0, None)]
     state, _ = algo.m_step({**e.server, "w": w}, None, ups)
     assert state["w"][:5].tolist() == [2.0, 3.0, 3.0, 4.0, 0.0]  # held by A; both; both; B; nobody
 

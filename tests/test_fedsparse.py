@@ -6,7 +6,10 @@ import torch
 
 from emfl.nn import groups
 from emfl.nn.algorithms.fedsparse import PRUNE
-from emfl.nn.engine import ClientJob, Engine, RunConfig, state_vector
+from emfl.nn.engine import Engine
+from emfl.nn.state import state_vector
+from emfl.nn.config import RunConfig
+from emfl.nn.seeding import ClientJob
 from emfl.nn.groups import GateHooks, GroupMap
 from emfl.nn.models import make_model
 from emfl.nn.runner import checkpoint_path, load_checkpoint, run
@@ -53,8 +56,8 @@ def _capture_uploads(e):
     """Record every client's message of the engine's next rounds."""
     sent, update = [], e.algorithm.client_update
 
-    def client_update(msg, job):
-        result = update(msg, job)
+    def client_update(msg, job, rt):
+        result = update(msg, job, rt)
         sent.append((msg, result.up))
         return result
 
@@ -220,7 +223,7 @@ def test_fedl1_thresholds_both_ways_and_counts_bytes():
 
 def test_presets_on_the_command_line(tmp_path, capsys):
     from emfl.__main__ import main
-    from emfl.nn.engine import PRESETS
+    from emfl.nn.algorithms import PRESETS
 
     assert PRESETS["fedsparse-mid"] == {"algo": "fedsparse", "lam0": 5e-6}
     assert [PRESETS[f"fedsparse-{k}"]["lam0"] for k in ("low", "mid", "high")] == [5e-7, 5e-6, 5e-5]

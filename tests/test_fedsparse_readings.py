@@ -9,7 +9,8 @@ import torch
 
 from emfl.nn import gates
 from emfl.nn.algorithms.fedsparse import T, regulariser_slope
-from emfl.nn.engine import Engine, RunConfig
+from emfl.nn.engine import Engine
+from emfl.nn.config import RunConfig
 from emfl.nn.groups import GroupMap
 from emfl.nn.algorithms.base import ClientResult
 from emfl.nn.messages import Bundle, PerGroup
@@ -101,7 +102,7 @@ def test_with_pi_uploads_the_thresholds_stand_still_where_theta_is_the_clients_m
             up = algo.upload(e.server["w"], pi, torch.Generator().manual_seed(len(results)))
             if v_grad == "pi":
                 up = Bundle(w=up, pi=PerGroup(pi, down["w"].mask))
-            results.append(ClientResult(up, 0.0, stats=(pi - theta).abs()))
+            results.append(ClientResult(up, 0.0, local=None, stats=(pi - theta).abs()))
         new, _ = algo.m_step(state, down, results)
         moved[v_grad] = float((new["v"] - state["v"]).abs().max())
     assert moved["pi"] < 1e-6 < 1e-3 < moved["z"], moved  # Adamax: a step of lr g / (|g| + 1e-8)

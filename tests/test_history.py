@@ -87,7 +87,7 @@ def test_quick_mode_is_on_unless_switched_off(monkeypatch):
 
 
 def test_live_runs_fall_back_to_generated_data_and_write_nothing(tmp_path):
-    from emfl.nn.engine import RunConfig
+    from emfl.nn.config import RunConfig
     from emfl.nn.runner import data_or_generated, run_in_memory
 
     cfg = RunConfig(task="femnist", algo="fedsparse", rounds=2, eval_every=1, clients_per_round=2)

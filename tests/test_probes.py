@@ -7,7 +7,8 @@ import torch
 from emfl.nn.bits import bit_patterns, bits_federation
 from emfl.nn.config import RunConfig
 from emfl.nn.engine import Engine
-from emfl.nn.models import TanhMLP, state_vector
+from emfl.nn.models import TanhMLP
+from emfl.nn.state import state_vector
 from emfl.nn.probes import InfoProbe, layer_activations, local_steps
 
 

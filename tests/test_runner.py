@@ -15,7 +15,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from nn_helpers import tiny_federation  # noqa: E402
 
 from emfl.nn import runner  # noqa: E402
-from emfl.nn.engine import Engine, RunConfig  # noqa: E402
+from emfl.nn.engine import Engine  # noqa: E402
+from emfl.nn.config import RunConfig
 from emfl.nn.runner import (CheckpointError, HistoryLock, RunError, checkpoint_path, load_checkpoint,  # noqa: E402
                             run)
 

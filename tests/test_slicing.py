@@ -9,7 +9,8 @@ import torch
 from emfl.nn.config import RunConfig
 from emfl.nn.engine import Engine
 from emfl.nn.groups import GroupMap
-from emfl.nn.models import LeNet5, ResNet20, load_state_vector, state_vector
+from emfl.nn.models import LeNet5, ResNet20
+from emfl.nn.state import load_state_vector, state_vector
 from emfl.nn.slicing import WIDTH_STEP, Subnet, Subnets, held_units
 
 from nn_helpers import tiny_federation

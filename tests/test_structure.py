@@ -13,7 +13,8 @@ from torch import nn
 from emfl.nn import groups
 from emfl.nn.groups import GateHooks, GroupMap
 from emfl.nn.messages import GroupSparse
-from emfl.nn.models import load_state_vector, make_model, state_vector
+from emfl.nn.models import make_model
+from emfl.nn.state import load_state_vector, state_vector
 
 
 def lenet_count(a1, a2, a3, c_in=3, side=5, classes=10):
@@ -216,7 +217,8 @@ def test_models_without_a_known_layout_are_refused():
 
 
 def test_fedsparse_runs_on_resnet20_and_counts_its_structure():
-    from emfl.nn.engine import Engine, RunConfig
+    from emfl.nn.engine import Engine
+    from emfl.nn.config import RunConfig
 
     from nn_helpers import tiny_federation
 

@@ -27,20 +27,9 @@ wire form yet (its reply carries a new personal mask the message does not hold).
 
 from __future__ import annotations
 
+from emfl.flower.errors import FlowerError, require_flower
+
 __all__ = ["require_flower", "simulate", "FlowerError"]
-
-
-class FlowerError(RuntimeError):
-    """A Flower run that cannot start or go on; the message says what to do."""
-
-
-def require_flower():
-    """Import ``flwr``, or say how to install it."""
-    try:
-        import flwr  # noqa: F401
-    except ImportError:
-        raise FlowerError("Flower is not installed: pip install -e '.[flower]' (or pip install 'flwr[simulation]>=1.40,<2')") from None
-    return flwr
 
 
 def simulate(config, out, supernodes: int = 2, data=None, data_dir=None, **kw) -> dict:

@@ -17,11 +17,12 @@ import time
 import numpy as np
 import torch
 
-from emfl.flower import FlowerError, require_flower
+from emfl.flower.errors import FlowerError, require_flower
 from emfl.nn import wire
 from emfl.nn.algorithms.base import ClientResult
 from emfl.nn.config import RunConfig
-from emfl.nn.engine import ClientJob, Engine
+from emfl.nn.engine import Engine
+from emfl.nn.seeding import ClientJob
 from emfl.nn.messages import Dense
 
 require_flower()
@@ -93,8 +94,8 @@ def client_train(settings: dict, msg: Message, context: Context, data=None) -> M
         units = algo.message_to(Dense(torch.zeros(engine.d)), job).units
     down = wire.decode(form, rec["payload"], getattr(algo, "layout", None), units, device=engine.device)
     with _LOCK:  # one client at a time per process: they share the model
-        result = algo.client_update(down, job)
-        acc = engine.accuracy(engine.model, engine.data.test_x[s], engine.data.test_y[s])
+        result = algo.client_update(down, job, engine.runtime)
+        acc = engine.local_accuracy(s, result.local)
         if result.memory is not None:
             context.state[key] = ArrayRecord({"m": result.memory.detach().cpu()})
         up_form, payload = wire.encode(result.up)
@@ -172,7 +173,7 @@ class FlowerRounds:
             stats = (torch.from_numpy(np.frombuffer(rec["stats"], dtype=f"<f{engine.dtype.itemsize}").copy())
                      .to(engine.device)
                      if "stats" in rec else None)
-            engine.receive(plan, job, msg, ClientResult(up, float(rec["loss"]), None, stats), float(rec["local_acc"]))
+            engine.receive(plan, job, msg, ClientResult(up, float(rec["loss"]), local=None, stats=stats), float(rec["local_acc"]))
         return engine.end_round(plan)
 
     def exchange(self, messages: list, timeout: float) -> list:

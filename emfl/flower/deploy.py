@@ -32,7 +32,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from emfl.flower import FlowerError, require_flower
+from emfl.flower.errors import FlowerError, require_flower
 
 __all__ = ["deploy", "app_pyproject", "free_port", "Deployment"]
 

@@ -13,7 +13,10 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any
 
-import numpy as np
+from emfl.nn import algorithms
+from emfl.nn.models import MODELS
+from emfl.nn.settings import check_fields, positive, setting, whole
+from emfl.optim import OPTIMIZERS
 
 __all__ = ["RunConfig", "make_config", "TASKS", "GENERIC_FIELDS", "PRECISIONS", "INPUTS"]
 
@@ -25,6 +28,11 @@ TASKS = {"cifar10": {"batch_size": 64, "model": "lenet5"}, "femnist": {"batch_si
          "bits": {"batch_size": 32, "model": "mlp-tanh", "models": ("mlp-tanh",)}}
 
 
+def _check_device(name: str, value) -> None:
+    if not isinstance(value, str) or (value not in ("auto", "cpu", "cuda") and not value.startswith("cuda:")):
+        raise ValueError(f"device must be auto, cpu or cuda[:N]; got {value!r}")
+
+
 @dataclass(init=False)
 class RunConfig:
     """Everything a run depends on; stored in its checkpoint and its JSON history.
@@ -32,31 +40,39 @@ class RunConfig:
     ``RunConfig(**settings)`` takes the run settings below and the algorithm's own
     hyperparameters by name (see ``python -m emfl run --help``); ``params`` holds the latter."""
 
-    task: str = "cifar10"
-    algo: str = "fedavg"
-    model: str = ""  # "": the task's default (lenet5 for CIFAR-10 and FEMNIST, mlp-tanh for bits)
-    rounds: int = 100
-    seed: int = 0
-    clients_per_round: int = 10
-    local_epochs: int = 1
-    batch_size: int = 0  # 0: the task's default (64 for CIFAR-10, 20 for FEMNIST)
-    client_lr: float = 0.05
-    server_opt: str = "adam"
-    server_lr: float = 1e-3
-    alpha: float = 1.0  # CIFAR-10: Dirichlet concentration (Hsu et al.'s convention)
-    inputs: str = "standard"  # pixels standardised per channel with the training set's statistics, or "unit": x / 255 in [0, 1]
-    test_split: str = "matched"  # CIFAR-10 shard test sets: "matched" to the shard's classes, or "disjoint"
-    num_shards: int = 100  # CIFAR-10
-    shard_size: int = 500  # CIFAR-10
-    max_writers: int = 0  # FEMNIST: keep the first k writers (0: all)
-    eval_every: int = 10
-    checkpoint_every: int = 1  # a kill -9 loses at most this many rounds
-    device: str = "auto"
-    client_batching: str = "auto"  # loop | vmap | auto (vmap on CUDA when it applies, else loop)
-    client_compute: str = "sliced"  # sliced: clients train the model cut to its surviving units; dense: masked
-    precision: str = "float32"  # float64: every weight, message and batch in double precision (for tests
-    # that compare two computations of the same maths beyond the CPU's float32 round-off)
-    preset: str = ""  # the preset name the run was asked for, "" for none
+    task: str = setting("cifar10", "data set", choices=lambda: tuple(TASKS))
+    algo: str = setting("fedavg", "an algorithm (emfl.nn.algorithms) or a preset", cli=False)
+    model: str = setting("", "network (default: the task's, lenet5; mlp-tanh for --task bits)", choices=lambda: tuple(MODELS))
+    rounds: int = setting(100, "rounds in all (with --resume: continue up to this)", check=whole(1))
+    seed: int = setting(0, "seed of the split, the model and every client", check=whole(0))
+    clients_per_round: int = setting(10, "clients sampled each round", check=whole(1))
+    local_epochs: int = setting(1, "passes over its data a client makes each round", check=whole(1))
+    batch_size: int = setting(0, "0: the task's (64 for CIFAR-10, 20 for FEMNIST)", check=whole(0))
+    client_lr: float = setting(0.05, "client SGD learning rate", check=positive)
+    server_opt: str = setting("adam", "server optimiser on the difference gradient (adam: the literature's FedAdam "
+                              "when the algorithm is fedavg; sgd with --server-lr 1 is McMahan's FedAvg)",
+                              choices=OPTIMIZERS)
+    server_lr: float = setting(1e-3, "server learning rate", check=positive)
+    alpha: float = setting(1.0, "CIFAR-10 split: Dirichlet concentration (Hsu et al.'s convention)", check=positive)
+    inputs: str = setting("standard", "pixels standardised per channel (training set's mean and std) or x / 255 in "
+                          "[0, 1]; the paper states neither", choices=INPUTS)
+    test_split: str = setting("matched", "CIFAR-10 shard test sets: matched to each shard's classes, or the earlier "
+                              "disjoint draw", choices=("matched", "disjoint"))
+    num_shards: int = setting(100, "CIFAR-10: clients", check=whole(1))
+    shard_size: int = setting(500, "CIFAR-10: training images per client", check=whole(1))
+    max_writers: int = setting(0, "FEMNIST: keep the first k writers (0: all)", check=whole(0))
+    eval_every: int = setting(10, "rounds between evaluations (each one rewrites the history)", check=whole(1))
+    checkpoint_every: int = setting(1, "rounds between checkpoints (kill -9 loses at most this many)", check=whole(1))
+    device: str = setting("auto", "auto (CUDA when present), cpu, cuda or cuda:N", check=_check_device)
+    client_batching: str = setting("auto", "train a round's clients one by one (loop) or batched (vmap; auto: batched "
+                                   "on CUDA)", choices=("auto", "loop", "vmap"))
+    client_compute: str = setting("sliced", "clients train the model cut to its surviving units (sliced, faster) or "
+                                  "the masked dense model (the same updates up to float round-off)",
+                                  choices=("sliced", "dense"))
+    precision: str = setting("float32", "float32 (the paper's, the bytes it counts) or float64 (3-5x slower on the "
+                             "CPU: to compare two computations of the same maths beyond float32 round-off)",
+                             choices=PRECISIONS)
+    preset: str = setting("", "the preset name the run was asked for, \"\" for none", cli=False)
     params: Any = None  # the algorithm's hyperparameters: an instance of its module's Params
 
     # fields that may differ between a checkpoint and the run that resumes it
@@ -64,13 +80,11 @@ class RunConfig:
                  "preset")
 
     def __init__(self, **settings):
-        from emfl.nn import algorithms
-
         for f in fields(RunConfig):
             if f.name != "params":
                 setattr(self, f.name, settings.pop(f.name, f.default))
         params = settings.pop("params", None)
-        self._check_run_settings()
+        check_fields(self)
         algorithm = algorithms.get(self.algo)
         self.params = _make_params(algorithm, params, settings)
         algorithm.check(self)
@@ -91,35 +105,6 @@ class RunConfig:
             raise ValueError(f"the {self.task} task's inputs do not fit the model {self.model}: pass --model "
                              f"{' or '.join(fits)} (or leave --model out)")
 
-    def _check_run_settings(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
-        for name in ("rounds", "clients_per_round", "local_epochs", "eval_every", "checkpoint_every",
-                     "num_shards", "shard_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a whole number >= 1; got {value!r}")
-        for name in ("batch_size", "max_writers", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-                raise ValueError(f"{name} must be a whole number >= 0; got {value!r}")
-        for name in ("client_lr", "server_lr", "alpha"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive number; got {value!r}")
-        if self.inputs not in INPUTS:
-            raise ValueError(f"inputs must be {' or '.join(INPUTS)}; got {self.inputs!r}")
-        if self.test_split not in ("matched", "disjoint"):
-            raise ValueError(f"test_split must be matched or disjoint; got {self.test_split!r}")
-        if self.client_batching not in ("auto", "loop", "vmap"):
-            raise ValueError(f"client_batching must be auto, loop or vmap; got {self.client_batching!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be float32 or float64; got {self.precision!r}")
-        if self.client_compute not in ("sliced", "dense"):
-            raise ValueError(f"client_compute must be sliced or dense; got {self.client_compute!r}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ValueError(f"device must be auto, cpu or cuda[:N]; got {self.device!r}")
-
     def __getattr__(self, name: str):
         # called only when ordinary lookup fails: the algorithm's hyperparameters read flat
         params = self.__dict__.get("params")
@@ -137,8 +122,6 @@ class RunConfig:
     def from_dict(cls, config: dict) -> "RunConfig":
         """The config of a history.  Histories written before the algorithms had settings of their
         own list every algorithm's settings: those the run's algorithm does not have are left out."""
-        from emfl.nn import algorithms
-
         own = {f.name for f in fields(algorithms.get(config.get("algo", "fedavg")).Params)}
         return cls(**{k: v for k, v in config.items() if k in GENERIC_FIELDS or k in own})
 
@@ -152,9 +135,10 @@ GENERIC_FIELDS = tuple(f.name for f in fields(RunConfig) if f.name != "params")
 
 def _make_params(algorithm, params, settings: dict):
     """The algorithm's ``Params`` from ``params`` (an instance or a dict) and flat ``settings``."""
-    from emfl.nn import algorithms
-
     names = [f.name for f in fields(algorithm.Params)]
+    clash = set(names) & set(GENERIC_FIELDS)
+    if clash:
+        raise ValueError(f"{algorithm.name}: settings {', '.join(sorted(clash))} are run settings already; rename them")
     if isinstance(params, algorithm.Params):
         params = dataclasses.asdict(params)
     values = {**(params or {}), **settings}
@@ -177,11 +161,9 @@ def make_config(algo: str = "fedavg", **settings) -> RunConfig:
     explicitly.  A preset (``NAME-LEVEL``, e.g. the paper's FedSparse levels) fixes the algorithm and
     some of its settings; an explicit setting that contradicts it is an error naming both.  The
     config records the preset."""
-    from emfl.nn.algorithms import PRESETS
-
-    if algo not in PRESETS:
+    if algo not in algorithms.PRESETS:
         return RunConfig(algo=algo, **settings)
-    preset = PRESETS[algo]
+    preset = algorithms.PRESETS[algo]
     for key, value in preset.items():
         if key in settings and settings[key] != value:
             flag = "--" + key.replace("_", "-")

@@ -23,7 +23,6 @@ an uninterrupted run bit for bit on the same device.
 from __future__ import annotations
 
 import copy
-import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,13 +32,13 @@ import torch
 
 from emfl.nn import algorithms
 from emfl.nn.algorithms import ALGORITHMS, PRESETS
-from emfl.nn.algorithms.base import batched_client_updates
-from emfl.nn.config import TASKS, RunConfig, make_config
-from emfl.nn.models import load_state_vector, make_model, state_tensors, state_vector
+from emfl.nn.algorithms.base import ClientRuntime, Setup, batched_client_updates
+from emfl.nn.config import RunConfig
+from emfl.nn.models import make_model
+from emfl.nn.seeding import ClientJob, derive_seed, sample_clients
+from emfl.nn.state import load_state_vector, state_vector
 
-__all__ = ["Engine", "ClientJob", "RoundPlan", "Diverged", "RunConfig", "make_config", "ALGORITHMS", "PRESETS", "TASKS",
-           "state_vector", "load_state_vector", "state_tensors", "sample_clients", "local_model_ages",
-           "resolve_device", "GIB"]
+__all__ = ["Engine", "RoundPlan", "Diverged", "resolve_device", "GIB"]
 
 GIB = 2**30
 
@@ -48,52 +47,12 @@ class Diverged(RuntimeError):
     """The server weights stopped being finite."""
 
 
-def _seed(*parts) -> int:
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") & (2**63 - 1)
-
-
-def sample_clients(seed: int, rnd: int, num_clients: int, clients_per_round: int) -> np.ndarray:
-    """The clients of round ``rnd`` (0-based): drawn without replacement, seeded by (seed, round)."""
-    rng = np.random.default_rng(_seed(seed, "clients", rnd))
-    return rng.choice(num_clients, size=min(clients_per_round, num_clients), replace=False)
-
-
-def local_model_ages(seed: int, rounds: int, num_clients: int, clients_per_round: int) -> np.ndarray:
-    """For every client seen in the first ``rounds`` rounds, how many rounds old its last
-    communicated model is at the end: what local accuracy averages over."""
-    last = {}
-    for rnd in range(rounds):
-        for s in sample_clients(seed, rnd, num_clients, clients_per_round):
-            last[int(s)] = rnd + 1
-    return np.array([rounds - r for r in last.values()])
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("device cuda was asked for but torch sees no GPU; use --device cpu or auto")
     return torch.device(name)
-
-
-@dataclass
-class ClientJob:
-    """Client ``s``'s part of round ``rnd``: its random streams, seeded by (seed, stream, round,
-    client), and ``memory``, what it kept from the last round it took part in (None at first)."""
-
-    seed: int
-    rnd: int
-    s: int
-    memory: Any = None
-    gen: torch.Generator = field(init=False, repr=False)
-
-    def __post_init__(self):
-        self.rnd, self.s = int(self.rnd), int(self.s)
-        self.gen = self.generator("client")  # minibatch order and the client's own draws
-
-    def generator(self, stream: str) -> torch.Generator:
-        """A CPU generator for one more random stream of this client in this round."""
-        return torch.Generator().manual_seed(_seed(self.seed, stream, self.rnd, self.s))
 
 
 @dataclass
@@ -124,7 +83,7 @@ class Engine:
         self.config = config
         self.data = data
         self.device = resolve_device(config.device)
-        torch.manual_seed(_seed(config.seed, "init"))
+        torch.manual_seed(derive_seed(config.seed, "init"))
         # training and evaluation in channels-last memory (the same values, laid out pixel by pixel):
         # faster convolutions and pooling on the CPU (a dense round 0.83x as long on CIFAR-10, 0.76x
         # on FEMNIST: benchmarks/sliced_speed.py); the state vector keeps the logical order
@@ -134,7 +93,11 @@ class Engine:
         w = state_vector(self.model).clone()
         self.eval_model = copy.deepcopy(self.model)
         self.d = w.numel()
-        self.algorithm = algorithms.get(config.algo)(config.params, self)
+        self.algorithm = algorithms.get(config.algo)(config.params, Setup(self.model, config, data.num_clients,
+                                                                          self.device))
+        # what a client's update may use: the network it trains, its data, its SGD
+        self.runtime = ClientRuntime(self.model, self.batches, lambda s: len(self.data.train_y[s]), config.client_lr,
+                                     config.local_epochs, self.device)
         self.server = self.algorithm.init(w)  # the prior's parameters and the optimisers' states
         self.memory: dict = {}  # client -> what it keeps between the rounds it takes part in
         self.round = 0
@@ -216,15 +179,14 @@ class Engine:
         algo = self.algorithm
         plan = self.begin_round()
         if self.uses_vmap(plan.clients):
-            updates = batched_client_updates(algo, self, plan.msgs, plan.jobs)
+            updates = batched_client_updates(algo, self.runtime, plan.msgs, plan.jobs)
         else:
-            updates = ((job, msg, algo.client_update(msg, job)) for job, msg in zip(plan.jobs, plan.msgs))
+            updates = ((job, msg, algo.client_update(msg, job, self.runtime)) for job, msg in zip(plan.jobs, plan.msgs))
         for job, msg, result in updates:
-            # the client's local model, as it was sent (run.model holds it now)
-            acc = self.accuracy(self.model, self.data.test_x[job.s], self.data.test_y[job.s])
+            acc = self.local_accuracy(job.s, result.local)
             watched = time.perf_counter()
             for o in self.observers:
-                o.client_model(self, plan.rnd + 1, int(job.s), self.model)
+                o.client_model(self, plan.rnd + 1, int(job.s), self.eval_model)
             plan.start += time.perf_counter() - watched  # observing is not training
             self.receive(plan, job, msg, result, acc)
         return self.end_round(plan)
@@ -281,6 +243,12 @@ class Engine:
             correct += (model(xb).argmax(1).cpu() == y[b:b + batch]).sum().item()
         model.train()
         return correct / len(y)
+
+    def local_accuracy(self, s: int, local: torch.Tensor) -> float:
+        """The accuracy of client ``s``'s local model (a state vector) on its own test set; the
+        model stays loaded in ``eval_model``."""
+        load_state_vector(self.eval_model, local)
+        return self.accuracy(self.eval_model, self.data.test_x[s], self.data.test_y[s])
 
     def evaluate(self, extra: dict | None = None) -> dict:
         """Global and local accuracy now, with the communication so far; appended to history."""

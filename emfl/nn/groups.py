@@ -17,7 +17,7 @@ that a gate of 0 gives 0, not the BatchNorm's shift).  A model says where its ga
 model rather than gate units that cannot be pruned.  The output layer is left dense by default
 (pruning it would remove classes).
 
-:class:`GroupMap` places the units in the flat state vector (:func:`emfl.nn.models.state_vector`):
+:class:`GroupMap` places the units in the flat state vector (:func:`emfl.nn.state.state_vector`):
 group norms, masks spread over the vector, what a mask keeps alive, and the gated parameters
 (:meth:`GroupMap.gated_parameters`: the gates applied to the parameters rather than to the
 activations, the same model for less work).  :class:`GateHooks` multiplies each gated layer's
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from emfl.nn.models import state_tensors
+from emfl.nn.state import state_tensors
 
 __all__ = ["Layer", "prunable_layers", "group_norms", "group_sizes", "apply_group_masks", "dense_values",
            "GroupMap", "GateHooks"]
@@ -150,7 +150,7 @@ def dense_values(model: nn.Module, layers: list) -> int:
 
 class GroupMap:
     """Positions of every gated unit in the flat state vector of ``model`` (laid out as
-    :func:`emfl.nn.models.state_vector` does: parameters, then float buffers).
+    :func:`emfl.nn.state.state_vector` does: parameters, then float buffers).
 
     ``group_of``: the unit of every value.  A value is alive under a unit mask when neither its own unit nor the unit it reads is off (:meth:`alive`)."""
 

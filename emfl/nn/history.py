@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from emfl.nn.algorithms import ALGORITHMS
+
 __all__ = ["load_history", "column", "plot_metric", "summary", "method_name", "record_at", "load_runs",
            "comparison", "format_comparison", "cut", "gib_to_reach", "first_reach", "reach_table", "settled_round",
            "extrapolate_gib", "extrapolation_table", "seed_spread", "alive_units", "load_reruns", "rerun_spread", "format_rerun_spread",
@@ -101,18 +103,7 @@ def method_name(doc: dict) -> str:
     (``--sparse-reg``) gets it appended: "FedSparse high, batch"."""
     cfg = doc["config"]
     algo = cfg["algo"]
-    if algo == "fedsparse":
-        from emfl.nn.algorithms.fedsparse import Params
-
-        level = _LEVELS.get(float(cfg.get("lam0", 0)))
-        name = f"FedSparse {level}" if level else f"FedSparse (lam0 = {cfg['lam0']:g})"
-        reading = cfg.get("sparse_reg", "batch")
-        return name if reading == Params.sparse_reg else f"{name}, {reading}"
-    if algo == "fedspa":
-        return f"FedSpa D = {float(cfg.get('density', 0.5)):g}"
-    from emfl.nn.algorithms import ALGORITHMS
-
-    return ALGORITHMS[algo].title if algo in ALGORITHMS else algo
+    return ALGORITHMS[algo].display_name(cfg) if algo in ALGORITHMS else algo
 
 
 def record_at(doc: dict, rnd: int) -> dict:

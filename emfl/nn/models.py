@@ -13,8 +13,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["LeNet5", "LeNet5Classic", "ResNet20", "TanhMLP", "make_model", "MODELS", "num_parameters", "state_tensors",
-           "state_vector", "load_state_vector", "parameter_views", "layer_macs"]
+from emfl.nn.groups import Layer
+
+__all__ = ["LeNet5", "LeNet5Classic", "ResNet20", "TanhMLP", "make_model", "MODELS", "num_parameters", "layer_macs"]
 
 
 def _flat_size(input_shape, features: nn.Module) -> int:
@@ -108,8 +109,6 @@ class ResNet20(nn.Module):
     def gated_units(self) -> list:
         """One :class:`emfl.nn.groups.Layer` per block: the units of its conv1, gated after bn1,
         each owning its conv1 filter and its bn1 scale, shift and running statistics; read by conv2."""
-        from emfl.nn.groups import Layer
-
         out = []
         for i, blk in enumerate(self.layers):
             bn = blk.bn1
@@ -162,38 +161,6 @@ def make_model(name: str, input_shape, num_classes: int) -> nn.Module:
 
 def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def state_tensors(model: nn.Module) -> list:
-    """Everything the server sends: parameters, then floating-point buffers (BatchNorm statistics)."""
-    return list(model.parameters()) + [b for b in model.buffers() if b.is_floating_point()]
-
-
-def state_vector(model: nn.Module) -> torch.Tensor:
-    """The model's state as one flat vector (the ``w`` of the paper), laid out by :func:`state_tensors`."""
-    return torch.cat([t.detach().reshape(-1) for t in state_tensors(model)])
-
-
-@torch.no_grad()
-def load_state_vector(model: nn.Module, vec: torch.Tensor) -> None:
-    """Copy a flat state vector into the model's parameters and float buffers."""
-    i = 0
-    for t in state_tensors(model):
-        n = t.numel()
-        t.copy_(vec[i:i + n].view_as(t))
-        i += n
-    if i != vec.numel():
-        raise ValueError(f"state vector has {vec.numel()} values, the model {i}")
-
-
-def parameter_views(model: nn.Module, vec: torch.Tensor) -> dict:
-    """``{name: tensor}`` views of a flat state vector shaped like the model's parameters (the
-    parameters lead the vector), for losses written on a dictionary of parameters."""
-    views, i = {}, 0
-    for name, p in model.named_parameters():
-        views[name] = vec[i:i + p.numel()].view_as(p)
-        i += p.numel()
-    return views
 
 
 @torch.no_grad()

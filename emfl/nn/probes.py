@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from emfl import info
-from emfl.nn.models import state_vector
+from emfl.nn.state import state_vector
 
 __all__ = ["InfoProbe", "layer_activations", "local_steps", "probed_run", "info_flow", "lenet_info_flow", "probe_points", "averaging_jumps",
            "server_activations", "plot_info_plane", "run_label", "load_info_runs", "period_label"]
@@ -186,7 +186,8 @@ def server_activations(doc: dict, rnd: int, layers=None) -> tuple:
     """``(activations, y)``: the server model's layers at probed round ``rnd`` on all 4,096
     patterns, re-computed from the weights the run kept (to try other estimators or bin counts)."""
     from emfl.nn.bits import bit_patterns
-    from emfl.nn.models import TanhMLP, load_state_vector
+    from emfl.nn.models import TanhMLP
+    from emfl.nn.state import load_state_vector
 
     states = {st["round"]: st["w"] for st in doc["server_states"]}
     if rnd not in states:

@@ -43,7 +43,8 @@ from pathlib import Path
 import torch
 
 from emfl.nn.data import DataError, _umask, atomic_save
-from emfl.nn.engine import Diverged, Engine, RunConfig
+from emfl.nn.engine import Diverged, Engine
+from emfl.nn.config import RunConfig
 
 __all__ = ["run", "load_task_data", "checkpoint_dir", "checkpoint_path", "write_json_atomic", "RunError",
            "save_checkpoint", "load_checkpoint", "CheckpointError", "HistoryLock"]

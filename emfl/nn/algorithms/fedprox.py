@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from emfl.nn.algorithms.base import check_positive, setting
+from emfl.nn.settings import check_positive, setting
 from emfl.nn.algorithms.fedavg import FedAvg
-from emfl.nn.models import parameter_views
+from emfl.nn.state import parameter_views
 
 __all__ = ["FedProx", "Params"]
 
@@ -31,9 +31,10 @@ class FedProx(FedAvg):
     name = "fedprox"
     title = "FedProx"
     Params = Params
+    EXAMPLE = {"lam": 0.5}
 
     def local_prior(self, msg, job, sub=None) -> dict:
-        return {"w": parameter_views(self.run.model, msg.values)}  # the prior's mean: the server's w
+        return {"w": parameter_views(self.setup.model, msg.values)}  # the prior's mean: the server's w
 
     def local_loss(self, p: dict, x, y, prior: dict):
         loss = self.data_loss(p, x, y)

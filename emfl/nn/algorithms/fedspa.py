@@ -43,12 +43,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from emfl.nn.algorithms.base import Algorithm, ClientResult, check_whole, setting
+from emfl.nn.algorithms.base import Algorithm, ClientResult, local_sgd
+
+from emfl.nn.settings import check_whole, setting
 from emfl.nn.messages import Dense, Masked, pack_bits, unpack_bits
-from emfl.nn.models import load_state_vector, state_tensors, state_vector
+from emfl.nn.models import layer_macs
+from emfl.nn.seeding import ClientJob
+from emfl.nn.state import load_state_vector, state_tensors, state_vector
 from emfl.personal_masks import prune_fraction  # the same schedule as on the toy world
 
-__all__ = ["FedSpa", "Params", "erk_densities", "mask_layers", "mac_share", "prune_fraction"]
+__all__ = ["FedSpa", "Params", "erk_densities", "mask_layers", "mac_share"]
 
 
 @dataclass(frozen=True)
@@ -105,8 +109,6 @@ def mac_share(model: nn.Module, input_shape, density: float) -> float:
     positions they are applied at, so a layer ERK keeps dense (the first conv layer, applied at
     every pixel) weighs more than its size.  What sparse-to-sparse training could save; the
     engine computes the masked model densely."""
-    from emfl.nn.models import layer_macs
-
     layers, counts = mask_layers(model, density)
     macs = layer_macs(model, input_shape)
     return sum(k / n * c for k, (_, n, _), c in zip(counts, layers, macs)) / sum(macs)
@@ -117,18 +119,20 @@ class FedSpa(Algorithm):
     title = "FedSpa"
     Params = Params
 
-    def __init__(self, params, run):
-        super().__init__(params, run)
-        self.layers, self.counts = mask_layers(run.model, params.density)
+    @classmethod
+    def display_name(cls, config: dict) -> str:
+        return f"FedSpa D = {float(config.get('density', 0.5)):g}"
+
+    def __init__(self, params, setup):
+        super().__init__(params, setup)
+        self.layers, self.counts = mask_layers(setup.model, params.density)
         self.maskable = sum(n for _, n, _ in self.layers)
 
     # ------------------------------------------------------------------ the masks
     def initial_mask(self, s: int) -> torch.Tensor:
         """Client ``s``'s first mask over the maskable weights (boolean): ``counts[l]`` weights of
         layer ``l`` at random, from a stream seeded by the run's seed and the client alone."""
-        from emfl.nn.engine import ClientJob
-
-        gen = ClientJob(self.run.config.seed, -1, s).generator("fedspa-mask")
+        gen = ClientJob(self.setup.config.seed, -1, s).generator("fedspa-mask")
         parts = []
         for (_, n, _), k in zip(self.layers, self.counts):
             m = torch.zeros(n, dtype=torch.bool)
@@ -144,12 +148,12 @@ class FedSpa(Algorithm):
 
     def spread(self, mask: torch.Tensor) -> torch.Tensor:
         """A mask over the maskable weights as a boolean over the state vector (everything else held)."""
-        full = torch.ones(self.run.d, dtype=torch.bool)
+        full = torch.ones(self.setup.d, dtype=torch.bool)
         i = 0
         for offset, n, _ in self.layers:
             full[offset:offset + n] = mask[i:i + n]
             i += n
-        return full.to(self.run.device)
+        return full.to(self.setup.device)
 
     def gather(self, held: torch.Tensor) -> torch.Tensor:
         """The inverse of :meth:`spread`: a state-vector mask read back over the maskable weights."""
@@ -177,8 +181,8 @@ class FedSpa(Algorithm):
     def message_to(self, down: Dense, job) -> Masked:
         return Masked(down.values, self.spread(self.mask_of(job)))  # the server knows the mask
 
-    def client_update(self, msg: Masked, job) -> ClientResult:
-        run, model, lr = self.run, self.run.model, self.run.config.client_lr
+    def client_update(self, msg: Masked, job, rt) -> ClientResult:
+        model = rt.model
         held = msg.mask
         mask = self.gather(held)  # the client's mask, as the server spread it
         load_state_vector(model, msg.values)  # w_s <- w * m_s
@@ -188,24 +192,20 @@ class FedSpa(Algorithm):
         for p in params:
             keep.append(held[i:i + p.numel()].view_as(p).to(p.dtype))
             i += p.numel()
-        losses, grads = [], None
-        for _ in range(run.config.local_epochs):
-            for x, y in run.batches(job.s, job.gen):
-                loss = F.cross_entropy(model(x), y)
-                model.zero_grad(set_to_none=True)
-                loss.backward()
-                grads = [p.grad for p in params]
-                with torch.no_grad():
-                    for p, g, k in zip(params, grads, keep):
-                        p.add_(g * k, alpha=-lr)  # only the weights the mask holds move
-                losses.append(loss.item())
+        grads = [None]
+
+        def last_gradient(epoch):
+            grads[0] = [p.grad for p in params]
+
+        # only the weights the mask holds move
+        losses = local_sgd(rt, job, lambda x, y: F.cross_entropy(model(x), y), keep=keep, on_step=last_gradient)
         w_s = state_vector(model)
-        dense_grad = torch.cat([g.reshape(-1) for g in grads]) if grads else torch.zeros_like(w_s)
-        T = self.params.anneal_rounds or run.config.rounds
+        dense_grad = torch.cat([g.reshape(-1) for g in grads[0]]) if grads[0] else torch.zeros_like(w_s)
+        T = self.params.anneal_rounds or self.setup.config.rounds
         new = self.moved(mask, w_s, dense_grad, prune_fraction(self.params.prune_alpha, job.rnd, T))
         changed = not torch.equal(new, mask)
         up = Masked(w_s, held, mask_bits=self.maskable if changed else 0)  # trained values, the new mask
-        return ClientResult(up, float(np.mean(losses)), memory=pack_bits(new))
+        return ClientResult(up, float(np.mean(losses)), local=w_s, memory=pack_bits(new))
 
     def m_step(self, state: dict, down, results: list) -> tuple:
         w = state["w"]

@@ -35,10 +35,11 @@ import torch
 from torch.nn import functional as F
 
 from emfl.nn import gates
-from emfl.nn.algorithms.base import Algorithm, ClientResult, check_choice, check_nonnegative, setting
+from emfl.nn.algorithms.base import Algorithm, ClientResult, local_sgd
+from emfl.nn.settings import check_choice, check_nonnegative, setting
 from emfl.nn.groups import GateHooks, GroupMap, group_norms
 from emfl.nn.messages import Bundle, GroupSparse, PerGroup
-from emfl.nn.models import load_state_vector, state_vector
+from emfl.nn.state import load_state_vector, state_vector
 from emfl.nn.slicing import Subnets
 from emfl.optim import adam, adamax, sgd
 
@@ -118,12 +119,21 @@ class FedSparse(Algorithm):
     Params = Params
     PRESETS = {"low": {"lam0": 5e-7}, "mid": {"lam0": 5e-6}, "high": {"lam0": 5e-5}}  # the paper's levels
 
-    def __init__(self, params, run):
-        super().__init__(params, run)
+    @classmethod
+    def display_name(cls, config: dict) -> str:
+        """FedSparse low / mid / high by lam0 (else the lam0 itself); a run with the lam0 scale
+        that is not the default (``--sparse-reg``) gets it appended: "FedSparse high, batch"."""
+        level = {float(p["lam0"]): k for k, p in cls.PRESETS.items()}.get(float(config.get("lam0", 0)))
+        name = f"FedSparse {level}" if level else f"FedSparse (lam0 = {config['lam0']:g})"
+        reading = config.get("sparse_reg", "batch")
+        return name if reading == Params.sparse_reg else f"{name}, {reading}"
+
+    def __init__(self, params, setup):
+        super().__init__(params, setup)
         ungated = tuple(n.strip() for n in params.ungated.split(",") if n.strip())
-        self.layout = GroupMap(run.model, ungated=ungated)
-        self.hooks = GateHooks(self.layout)
-        self.subnets = Subnets(run.model, self.layout)  # clients train only the surviving units
+        self.layout = GroupMap(setup.model, ungated=ungated)
+        self.hooks = GateHooks(self.layout)  # on the model clients train
+        self.subnets = Subnets(setup.model, self.layout)  # clients train only the surviving units
         self.v_opt = V_OPTIMIZERS[params.v_opt](SERVER_V_LR)
 
     def init(self, w: torch.Tensor) -> dict:
@@ -156,8 +166,8 @@ class FedSparse(Algorithm):
                              unsent=PerGroup(self.layout.unsent_sq(w, keep), keep))
 
     # ------------------------------------------------------------------ Algorithm 2
-    def client_update(self, msg: Bundle, job) -> ClientResult:
-        run, model, layout, lam0 = self.run, self.run.model, self.layout, self.params.lam0
+    def client_update(self, msg: Bundle, job, rt) -> ClientResult:
+        model, layout, lam0 = rt.model, self.layout, self.params.lam0
         w, v, unsent = msg["w"].values, msg["v"].values, msg["unsent"].values  # get w, v from the server
         logit = self.logit(w, v, unsent)
         theta = torch.sigmoid(logit)  # theta <- sigmoid((|w| - tau) / T)
@@ -166,49 +176,42 @@ class FedSparse(Algorithm):
         sub = self.subnet(msg["w"].mask)
         net, hooks, layers = (model, self.hooks, layout.layers) if sub is None else (sub.model, sub.hooks, sub.layout.layers)
         load_state_vector(net, w if sub is None else sub.values(w))  # w_s, v_s <- w, v
-        self.hooks.z = None
         net.train()
         v_s = v.clone().requires_grad_(True)
         opt_v = V_OPTIMIZERS[self.params.v_opt](CLIENT_V_LR)
-        v_state = opt_v.init(v)
-        params = list(net.parameters())
-        n_s = len(run.data.train_y[job.s]) if self.params.sparse_reg == "example" else 1
-        slope = regulariser_slope(theta, layout.sizes.to(run.device, theta.dtype), lam0, n_s, ce_scale=self.params.ce_scale,
+        v_state = [opt_v.init(v)]
+        n_s = rt.num_examples(job.s) if self.params.sparse_reg == "example" else 1
+        slope = regulariser_slope(theta, layout.sizes.to(rt.device, theta.dtype), lam0, n_s, ce_scale=self.params.ce_scale,
                                   logit=logit if self.params.theta_space == "logit" else None)
-        losses = []
-        for _ in range(run.config.local_epochs):  # for epoch e in 1..E
-            for x, y in run.batches(job.s, job.gen):  # for batch b in B
-                # tau_s <- softplus(v_s); pi_s <- sigmoid((|w_s| - tau_s) / T)
-                with torch.no_grad():  # the norms are detached inside the sigmoid (Appendix H)
-                    norms = torch.cat([group_norms(l) for l in layers])
-                    if sub is not None:  # a pruned unit's weights are 0
-                        norms = torch.zeros_like(v).index_copy_(0, sub.units, norms)
-                pi = gates.gate_prob((norms ** 2 + unsent).sqrt(), v_s, T)
-                z = gates.hard_concrete_sample(gates.log_alpha_for(pi), generator=job.gen)
-                # the model with its units' outputs scaled by z
-                out = hooks.forward(net, x, z if sub is None else z[sub.units])
-                loss = F.cross_entropy(out, y)  # L_s <- Eq. 41 on the batch
-                reg = (slope * pi).sum()  # regulariser(pi, theta, sizes, lam0, n_s) up to a constant
-                net.zero_grad(set_to_none=True)
-                v_s.grad = None
-                (loss + reg).backward()
-                with torch.no_grad():
-                    for p in params:  # w_s <- SGD
-                        if p.grad is not None:
-                            p.add_(p.grad, alpha=-run.config.client_lr)
-                    step, v_state = opt_v.update(v_s.grad, v_state)
-                    v_s -= step  # v_s <- Adamax
-                losses.append(loss.item())
+
+        def objective(x, y):  # for epoch e in 1..E, for batch b in B
+            # tau_s <- softplus(v_s); pi_s <- sigmoid((|w_s| - tau_s) / T)
+            with torch.no_grad():  # the norms are detached inside the sigmoid (Appendix H)
+                norms = torch.cat([group_norms(l) for l in layers])
+                if sub is not None:  # a pruned unit's weights are 0
+                    norms = torch.zeros_like(v).index_copy_(0, sub.units, norms)
+            pi = gates.gate_prob((norms ** 2 + unsent).sqrt(), v_s, T)
+            z = gates.hard_concrete_sample(gates.log_alpha_for(pi), generator=job.gen)
+            # the model with its units' outputs scaled by z
+            out = hooks.forward(net, x, z if sub is None else z[sub.units])
+            loss = F.cross_entropy(out, y)  # L_s <- Eq. 41 on the batch
+            reg = (slope * pi).sum()  # regulariser(pi, theta, sizes, lam0, n_s) up to a constant
+            return loss + reg, loss
+
+        def threshold_step():  # w_s <- SGD (local_sgd), then v_s <- Adamax
+            step, v_state[0] = opt_v.update(v_s.grad, v_state[0])
+            v_s.sub_(step)
+            v_s.grad = None
+
+        losses = local_sgd(rt, job, objective, model=net, after_step=threshold_step)
         with torch.no_grad():
             w_s = state_vector(model) if sub is None else sub.merge(w)
-            if sub is not None:
-                load_state_vector(model, w_s)
             pi = gates.gate_prob(layout.norms(w_s, unsent), v_s, T)  # pi_s <- sigmoid((|w_s| - tau_s) / T)
             up = self.upload(w_s, pi, job.gen)
-            self.hooks.z = up.mask  # the local model: the groups it switched on
+            local = w_s * layout.expand(up.mask.to(w_s.dtype))  # the local model: the groups it switched on
             if self.params.v_grad == "pi":  # and pi_s of the surviving units, for Eq. 22's expectation
                 up = Bundle(w=up, pi=PerGroup(pi, msg["w"].mask))
-        return ClientResult(up, float(np.mean(losses)), stats=(pi - theta).abs())
+        return ClientResult(up, float(np.mean(losses)), local=local, stats=(pi - theta).abs())
 
     def upload(self, w_s: torch.Tensor, pi: torch.Tensor, gen: torch.Generator) -> GroupSparse:
         """Algorithm 2's return: an exact sample ``z_s ~ Bern(pi_s)`` (the zero-temperature gate) and

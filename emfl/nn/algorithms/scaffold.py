@@ -27,7 +27,7 @@ import torch
 
 from emfl.nn.algorithms.base import ClientResult, LocalSGD
 from emfl.nn.messages import Bundle, Dense
-from emfl.nn.models import parameter_views
+from emfl.nn.state import parameter_views
 
 __all__ = ["Scaffold"]
 
@@ -51,18 +51,18 @@ class Scaffold(LocalSGD):
         return job.memory if job.memory is not None else torch.zeros_like(msg["c"].values)
 
     def local_prior(self, msg: Bundle, job, sub=None) -> dict:
-        return {"correction": parameter_views(self.run.model, msg["c"].values - self.client_variate(msg, job))}
+        return {"correction": parameter_views(self.setup.model, msg["c"].values - self.client_variate(msg, job))}
 
     def local_loss(self, p: dict, x, y, prior: dict):
         loss = self.data_loss(p, x, y)  # its gradient is g_i(y); the linear term adds c - c_i
         return loss + sum((prior["correction"][n] * p[n]).sum() for n in p)
 
-    def finish(self, msg: Bundle, job, y: torch.Tensor, losses: list) -> ClientResult:
+    def finish(self, msg: Bundle, job, y: torch.Tensor, losses: list, rt) -> ClientResult:
         x, c, c_i = msg["w"].values, msg["c"].values, self.client_variate(msg, job)
-        K, lr = len(losses), self.run.config.client_lr
+        K, lr = len(losses), rt.lr  # K: the local steps taken (one loss per step)
         c_new = c_i - c + (x - y) / (K * lr)  # option II
         up = Bundle(dy=Dense(y - x), dc=Dense(c_new - c_i))
-        return ClientResult(up, float(np.mean(losses)), memory=c_new)
+        return ClientResult(up, float(np.mean(losses)), local=y, memory=c_new)
 
     def m_step(self, state: dict, down, results: list) -> tuple:
         x, c = state["w"], state["c"]
@@ -70,6 +70,6 @@ class Scaffold(LocalSGD):
         for r in results:
             total -= r.up["dy"].values  # sum_i (x - y_i)
             dc += r.up["dc"].values
-        n, N = len(results), self.run.data.num_clients
+        n, N = len(results), self.setup.num_clients
         x, opt = self.difference_step(state, total, n)
         return {**state, "w": x, "c": c + (n / N) * (dc / n), "opt": opt}, {}
