@@ -111,10 +111,14 @@ def _own_names(tree: ast.Module) -> set:
 
 
 def _all_of(tree: ast.Module):
+    """The names ``__all__`` is given, and every name added to it with ``+=``."""
+    names = None
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
-            return ast.literal_eval(node.value)
-    return None
+            names = list(ast.literal_eval(node.value))
+        elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name) and node.target.id == "__all__":
+            names = (names or []) + list(ast.literal_eval(node.value))
+    return names
 
 
 @pytest.mark.parametrize("name", sorted(m for m, p in modules().items()

@@ -46,7 +46,7 @@ from emfl.nn.data import DataError, _umask, atomic_save
 from emfl.nn.engine import Diverged, Engine
 from emfl.nn.config import RunConfig
 
-__all__ = ["run", "load_task_data", "checkpoint_dir", "checkpoint_path", "write_json_atomic", "RunError",
+__all__ = ["run", "open_checkpoint", "Recorder", "train", "load_task_data", "checkpoint_dir", "checkpoint_path", "write_json_atomic", "RunError",
            "save_checkpoint", "load_checkpoint", "CheckpointError", "HistoryLock"]
 
 
@@ -323,21 +323,36 @@ def run(config: RunConfig, out, data_dir=None, resume: bool = False, download: b
 
     ``round_fn(engine) -> info`` runs one round (default ``engine.run_round()``; :mod:`emfl.flower`
     sends the clients' work over Flower); ``transport``, a dict saying how the clients were
-    reached, is kept in the JSON document."""
+    reached, is kept in the JSON document.
+
+    The steps: :func:`open_checkpoint` (what to continue from, or nothing), the engine, a
+    :class:`Recorder` (checkpoint, then history), :func:`train` (the loop)."""
     out = Path(out)
     if out.suffix != ".json":
         raise RunError(f"--out must name a .json file; got {out}")
     ckpt = checkpoint_path(out, checkpoint_dir)
     with HistoryLock(out):
         _remove_leftovers(out, ckpt)
-        return _run_locked(config, out, ckpt, data_dir, resume, download, data, progress, round_fn, transport)
+        state = open_checkpoint(config, out, ckpt, resume)
+        engine = Engine(config, data if data is not None else load_task_data(config, data_dir, download))
+        if state is not None:
+            engine.load_state_dict(state)
+        recorder = Recorder(engine, out, ckpt, transport, last_saved=int(state["round"]) if state is not None else -1)
+        if state is None or engine.round >= config.rounds:
+            recorder.save(complete=engine.round >= config.rounds)  # both files exist from the start
+            if engine.round >= config.rounds:
+                return recorder.document(complete=True)
+        train(engine, recorder, round_fn if round_fn is not None else Engine.run_round, progress)
+        return recorder.document(complete=True)
 
 
-def _run_locked(config, out: Path, ckpt: Path, data_dir, resume, download, data, progress, round_fn, transport):
+def open_checkpoint(config: RunConfig, out: Path, ckpt: Path, resume: bool) -> dict | None:
+    """The state to continue from (``resume`` and a checkpoint that matches ``config``), or None to
+    start afresh; a :class:`RunError` that says what to do when neither is right (a finished
+    history is never overwritten, a checkpoint of other settings never continued)."""
     if resume and not ckpt.exists() and _beside(out).exists():
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(_beside(out)), str(ckpt))
-    state = None
     if resume and ckpt.exists():
         state = _load_checkpoint(ckpt, out)
         try:
@@ -353,33 +368,41 @@ def _run_locked(config, out: Path, ckpt: Path, data_dir, resume, download, data,
             raise RunError(f"the checkpoint {ckpt} is at round {state['round']}, past --rounds {config.rounds}: "
                            f"pass --rounds {state['round']} or more (a history never holds more rounds than its "
                            "config says)")
-    elif resume and out.exists():
+        return state
+    if resume and out.exists():
         raise RunError(f"{out} has no checkpoint {ckpt} to continue from; choose another --out to start "
                        "afresh (or delete the history to start this one again)")
-    elif not resume and (out.exists() or ckpt.exists()):
+    if not resume and (out.exists() or ckpt.exists()):
         raise RunError(f"{out} or its checkpoint already exists: pass --resume to continue it, "
                        "or choose another --out (finished work is never overwritten)")
-    if data is None:
-        data = load_task_data(config, data_dir, download)
-    engine = Engine(config, data)
-    if state is not None:
-        engine.load_state_dict(state)
-    last_saved = int(state["round"]) if state is not None else -1
+    return None
 
-    def save(complete: bool):
-        nonlocal last_saved
+
+class Recorder:
+    """Writes a run's two files: its checkpoint, then its JSON history (so the history is never
+    ahead of the checkpoint); remembers the last round saved, for the message a failed write gives."""
+
+    def __init__(self, engine: Engine, out: Path, ckpt: Path, transport: dict | None = None, last_saved: int = -1):
+        self.engine, self.out, self.ckpt, self.transport = engine, out, ckpt, transport
+        self.last_saved = last_saved
+
+    def document(self, complete: bool) -> dict:
+        return _document(self.engine, complete, self.transport)
+
+    def save(self, complete: bool) -> None:
         try:
-            save_checkpoint(engine.state_dict(), ckpt)  # first the checkpoint, then the history
-            write_json_atomic(_document(engine, complete, transport), out)
+            save_checkpoint(self.engine.state_dict(), self.ckpt)  # first the checkpoint, then the history
+            write_json_atomic(self.document(complete), self.out)
         except (OSError, RuntimeError) as err:
-            raise _write_failed(err, engine, ckpt, out, last_saved) from None
-        last_saved = engine.round
+            raise _write_failed(err, self.engine, self.ckpt, self.out, self.last_saved) from None
+        self.last_saved = self.engine.round
 
-    if state is None or engine.round >= config.rounds:
-        save(complete=engine.round >= config.rounds)  # both files exist from the start
-        if engine.round >= config.rounds:
-            return _document(engine, complete=True, transport=transport)
-    step = round_fn if round_fn is not None else Engine.run_round
+
+def train(engine: Engine, recorder: Recorder, step, progress: bool = True) -> None:
+    """The loop: ``step(engine)`` until ``config.rounds``; evaluate every ``eval_every`` rounds and
+    at the end; save at every evaluation, every ``checkpoint_every`` rounds and when asked to stop
+    (then raise :class:`Interrupted`)."""
+    config, out, ckpt = engine.config, recorder.out, recorder.ckpt
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -391,7 +414,7 @@ def _run_locked(config, out: Path, ckpt: Path, data_dir, resume, download, data,
                 try:
                     info = step(engine)
                 except Diverged as err:
-                    raise Diverged(f"{err}; the last good checkpoint (round {last_saved}) is {ckpt}; "
+                    raise Diverged(f"{err}; the last good checkpoint (round {recorder.last_saved}) is {ckpt}; "
                                    f"the history so far is in {out}") from None
                 r = engine.round
                 evaluated = r % config.eval_every == 0 or r == config.rounds
@@ -401,7 +424,7 @@ def _run_locked(config, out: Path, ckpt: Path, data_dir, resume, download, data,
                         bar.set_postfix(global_acc=f"{rec['global_acc']:.3f}", local_acc=f"{rec['local_acc']:.3f}",
                                         gib=f"{rec['cum_gib']:.2f}")
                 if evaluated or stop.requested or r % config.checkpoint_every == 0:
-                    save(complete=r == config.rounds)
+                    recorder.save(complete=r == config.rounds)
                 if bar is not None:
                     bar.update(1)
                 if stop.requested and r < config.rounds:
@@ -409,10 +432,9 @@ def _run_locked(config, out: Path, ckpt: Path, data_dir, resume, download, data,
     finally:
         if bar is not None:
             bar.close()
-    return _document(engine, complete=True, transport=transport)
 
 
-__all__ += ["DataError", "Diverged", "Interrupted"]
+__all__ += ["Interrupted"]
 
 
 def data_or_generated(config: RunConfig, data_dir=None) -> tuple:
