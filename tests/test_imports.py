@@ -128,3 +128,18 @@ def test_all_lists_the_modules_own_names(name):
     names = _all_of(tree)
     assert names is not None, f"{name} has no __all__"
     assert [n for n in names if n not in _own_names(tree)] == [], f"{name}.__all__ lists names defined elsewhere"
+
+
+def test_the_round_loop_the_runner_and_flower_name_no_algorithm():
+    """What a new algorithm needs is its module and a registry line: the round loop, the runner and
+    the Flower apps know algorithms only through the protocol (their names appear nowhere there)."""
+    import re
+
+    from emfl.nn.algorithms import ALGORITHMS
+
+    names = {n for n in ALGORITHMS} | {a.title.lower() for a in ALGORITHMS.values()}
+    assert {"fedavg", "fedsparse", "feddrop", "scaffold"} <= names
+    files = [ROOT / "emfl/nn/engine.py", ROOT / "emfl/nn/runner.py", *sorted((ROOT / "emfl/flower").glob("*.py"))]
+    found = {str(f.relative_to(ROOT)): sorted({m.lower() for m in re.findall(r"[A-Za-z]+", f.read_text())} & names)
+             for f in files}
+    assert {f: n for f, n in found.items() if n} == {}

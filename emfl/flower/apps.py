@@ -23,7 +23,6 @@ from emfl.nn.algorithms.base import ClientResult
 from emfl.nn.config import RunConfig
 from emfl.nn.engine import Engine
 from emfl.nn.seeding import ClientJob
-from emfl.nn.messages import Dense
 
 require_flower()
 
@@ -88,11 +87,7 @@ def client_train(settings: dict, msg: Message, context: Context, data=None) -> M
     key = f"emfl-memory-{s}"
     memory = context.state[key].to_torch_state_dict()["m"] if key in context.state else None
     job = ClientJob(engine.config.seed, rnd, s, memory)
-    form = json.loads(rec["form"])
-    units = None
-    if "submodel" in rec["form"]:  # the kept units, drawn from the seed both ends hold (FedDrop)
-        units = algo.message_to(Dense(torch.zeros(engine.d)), job).units
-    down = wire.decode(form, rec["payload"], getattr(algo, "layout", None), units, device=engine.device)
+    down = wire.decode(json.loads(rec["form"]), rec["payload"], **algo.receiver(job), device=engine.device)
     with _LOCK:  # one client at a time per process: they share the model
         result = algo.client_update(down, job, engine.runtime)
         acc = engine.local_accuracy(s, result.local)
@@ -168,8 +163,7 @@ class FlowerRounds:
         for job, msg in zip(plan.jobs, plan.msgs):
             rec = replies[int(job.s)]
             self.transport["wire_bytes_up"] += len(rec["payload"])
-            up = wire.decode(json.loads(rec["form"]), rec["payload"], getattr(algo, "layout", None),
-                             getattr(msg, "units", None), base=getattr(msg, "values", None), device=engine.device)
+            up = wire.decode(json.loads(rec["form"]), rec["payload"], **algo.receiver(job, msg), device=engine.device)
             stats = (torch.from_numpy(np.frombuffer(rec["stats"], dtype=f"<f{engine.dtype.itemsize}").copy())
                      .to(engine.device)
                      if "stats" in rec else None)
@@ -195,7 +189,7 @@ class FlowerRounds:
 def waves(messages: list, node=lambda m: m.metadata.dst_node_id) -> list:
     """``messages`` in waves with at most one message per node: wave ``k`` holds each node's
     ``k``-th message.  A node never trains two clients at once, so that what it keeps between
-    rounds (``context.state``: SCAFFOLD's control variates) is never written by two runs of its
+    rounds (``context.state``: the clients' memory) is never written by two runs of its
     ClientApp at the same time (Flower's simulation would keep only the last one's copy)."""
     per_node: dict = {}
     for m in messages:

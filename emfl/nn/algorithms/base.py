@@ -170,6 +170,14 @@ class Algorithm:
         """The server's model as it is evaluated (global accuracy)."""
         return state["w"]
 
+    # ---- the wire
+    def receiver(self, job, sent: Message | None = None) -> dict:
+        """What the receiver of a message to or from client ``job.s`` knows itself, so that the
+        wire leaves it out: keywords of :func:`emfl.nn.wire.decode` (``layout``: the model's group
+        map; ``units``: a sub-model's kept units; ``base``: the values outside it).  ``sent``: on
+        the server, the message it sent this client this round (None on the client)."""
+        return {}
+
     # ---- client
     def client_update(self, msg: Message, job, rt: ClientRuntime) -> ClientResult:
         """The client's E-step from what it received, trained on ``rt.model`` with ``rt``'s data."""

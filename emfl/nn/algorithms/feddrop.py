@@ -76,6 +76,10 @@ class FedDrop(FedAvg):
             masks.append(m)
         return torch.cat(masks)
 
+    def receiver(self, job, sent=None) -> dict:
+        # both ends draw the kept units from the seed; the server knows the values outside them
+        return {"layout": self.layout, "units": self.units(job), "base": None if sent is None else sent.values}
+
     def message_to(self, down, job) -> SubModel:
         return SubModel(down.values, self.units(job), self.layout)
 

@@ -55,6 +55,9 @@ class FedL1(FedAvg):
         self.layout = GroupMap(setup.model)
         self.subnets = Subnets(setup.model, self.layout)  # a client trains only the units switched on
 
+    def receiver(self, job, sent=None) -> dict:
+        return {"layout": self.layout}  # places the group-sparse values
+
     def threshold(self, w: torch.Tensor, unsent_sq=None) -> tuple:
         """Eq. 25: ``(w with every unit of ||w_g|| <= lam switched off, the mask of the kept units)``;
         an off unit's own group and the weights that read it are zeroed.  ``unsent_sq``: the

@@ -136,6 +136,9 @@ class FedSparse(Algorithm):
         self.subnets = Subnets(setup.model, self.layout)  # clients train only the surviving units
         self.v_opt = V_OPTIMIZERS[params.v_opt](SERVER_V_LR)
 
+    def receiver(self, job, sent=None) -> dict:
+        return {"layout": self.layout}  # places the group-sparse values
+
     def init(self, w: torch.Tensor) -> dict:
         v = gates.init_threshold(self.layout.norms(w), self.params.theta0, T)  # theta = 0.99: a dense start
         return {"w": w, "v": v, "opt": self.server_opt.init(w), "v_opt": self.v_opt.init(v)}
