@@ -11,7 +11,7 @@ from the same run:
 
 * ``fedavg``: the reference;
 * ``fedavg (channels-first)``: FedAvg with the model and the minibatches in the default
-  (channels-first) memory layout, which the engine used before it trained in channels-last;
+  (channels-first) memory group_map, which the engine used before it trained in channels-last;
 * ``feddrop``: the paper's CIFAR-10 rates (10 % of conv filters, 50 % of fc units, 1 % of the
   input and output layers' units dropped per client), clients on their sub-models
   (``client_compute = sliced``) and on the masked dense model (``dense``);
@@ -49,22 +49,22 @@ HIGH_AT_100 = (14, 52, 392)
 TARGETS = {"fedsparse-high": 0.5, "feddrop": 0.9}
 
 
-def keep_counts(layout, counts, seed=0):
+def keep_counts(group_map, counts, seed=0):
     """A unit mask keeping ``counts[k]`` units of layer ``k`` (drawn at random: the cost of a
     round depends on how many units survive, not on which)."""
     g = torch.Generator().manual_seed(seed)
-    keep = torch.zeros(layout.num_groups)
-    for (a, b), k in zip(layout.layer_slices, counts):
+    keep = torch.zeros(group_map.num_groups)
+    for (a, b), k in zip(group_map.layer_slices, counts):
         keep[a + torch.randperm(b - a, generator=g)[:k]] = 1
     return keep
 
 
-def keep_from_checkpoint(path, layout):
+def keep_from_checkpoint(path, group_map):
     state = torch.load(path, weights_only=True, map_location="cpu")
     server = state["server"]
     if "v" not in server:
         raise SystemExit(f"{path} is not a FedSparse checkpoint (its server state has no thresholds v)")
-    return (gates.gate_prob(layout.norms(server["w"]), server["v"], T) > PRUNE).float()
+    return (gates.gate_prob(group_map.norms(server["w"]), server["v"], T) > PRUNE).float()
 
 
 def pruned(engine, keep):
@@ -131,19 +131,19 @@ def main():
                              **base), data)
         paths[f"feddrop ({compute})"] = (e, e.server)
     probe = Engine(make_config("fedsparse", **base), data)
-    layout = probe.algorithm.layout
-    high = keep_from_checkpoint(args.checkpoint, layout) if args.checkpoint else keep_counts(layout, HIGH_AT_100)
+    group_map = probe.algorithm.group_map
+    high = keep_from_checkpoint(args.checkpoint, group_map) if args.checkpoint else keep_counts(group_map, HIGH_AT_100)
     keeps = {"fedsparse-high": high}
     for k in (0.25, 0.5, 0.75):
         keeps[f"fedsparse {k:.2f} pruned"] = keep_counts(
-            layout, [b - a - round(k * (b - a)) for a, b in layout.layer_slices], seed=1)
+            group_map, [b - a - round(k * (b - a)) for a, b in group_map.layer_slices], seed=1)
     sparsity = {}
     for name, keep in keeps.items():
         for compute in ("sliced", "dense") if name == "fedsparse-high" else ("sliced",):
             e = Engine(make_config("fedsparse-high", client_compute=compute, **base), data)
             label = f"{name} ({compute})"
             paths[label] = (e, pruned(e, keep))
-            sparsity[label] = layout.sparsity(keep)["sparsity"]
+            sparsity[label] = group_map.sparsity(keep)["sparsity"]
 
     times = {name: [] for name in paths}
     for r in range(args.rounds + 1):

@@ -101,13 +101,13 @@ def _one_filter(answer):
     if isinstance(answer, bool) or not isinstance(answer, (int, np.integer)):
         return False, f"answer with a whole number of bytes; you gave {answer!r}."
     model = make_model("lenet5", (3, 32, 32), 10)
-    layout = GroupMap(model)
-    keep = torch.ones(layout.num_groups)
-    a, _ = layout.layer_slices[1]
+    group_map = GroupMap(model)
+    keep = torch.ones(group_map.num_groups)
+    a, _ = group_map.layer_slices[1]
     keep[a] = 0  # one conv2 filter
     w = state_vector(model)
-    right = Bundle(w=GroupSparse(w, keep, layout), v=PerGroup(w[:layout.num_groups], keep),
-                   unsent=PerGroup(w[:layout.num_groups], keep)).nbytes
+    right = Bundle(w=GroupSparse(w, keep, group_map), v=PerGroup(w[:group_map.num_groups], keep),
+                   unsent=PerGroup(w[:group_map.num_groups], keep)).nbytes
     if int(answer) == right:
         return True, (f"right: {right:,} bytes. The filter takes its own 801 values with it and the 12,800 weights "
                       "of fc1 that read its 25 positions: counted structurally, one filter is 13,601 values.")

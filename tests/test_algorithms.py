@@ -137,7 +137,7 @@ def test_scaffold_on_the_command_line(tmp_path, monkeypatch, capsys):
 # --------------------------------------------------------------------------- messages
 
 
-def tiny_layout(prune_output=False):
+def tiny_group_map(prune_output=False):
     """fc 3 -> 4 -> 2: four groups of 3 weights + 1 bias; the output layer (4 x 2 + 2 = 10 values)
     is dense unless it is gated too."""
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
@@ -150,15 +150,15 @@ def test_dense_message_by_hand():
 
 
 def test_group_sparse_message_by_hand():
-    layout, model = tiny_layout()
-    assert (layout.num_groups, layout.dense) == (4, 10)
+    group_map, model = tiny_group_map()
+    assert (group_map.num_groups, group_map.dense) == (4, 10)
     mask = torch.tensor([1.0, 0.0, 1.0, 0.0])
     w = torch.ones(26)
     # units 0 and 2 (3 weights + 1 bias each), the output layer's weights that read them (2 x 2)
     # and its 2 biases; 4 mask bits -> 1 byte
-    assert GroupSparse(w, mask, layout).nbytes == 4 * (8 + 4 + 2) + 1
-    assert GroupSparse(w, mask, layout, mask_bits=False).nbytes == 4 * 14
-    assert float(GroupSparse(w, mask, layout).values.sum()) == 14  # the receiver gets zeros elsewhere
+    assert GroupSparse(w, mask, group_map).nbytes == 4 * (8 + 4 + 2) + 1
+    assert GroupSparse(w, mask, group_map, mask_bits=False).nbytes == 4 * 14
+    assert float(GroupSparse(w, mask, group_map).values.sum()) == 14  # the receiver gets zeros elsewhere
     assert mask_bytes(8) == 1 and mask_bytes(9) == 2 and mask_bytes(608) == 76
     lenet = GroupMap(make_model("lenet5", (3, 32, 32), 10))
     one = torch.zeros(lenet.num_groups)
@@ -167,12 +167,12 @@ def test_group_sparse_message_by_hand():
 
 
 def test_submodel_message_by_hand():
-    layout, model = tiny_layout(prune_output=True)
+    group_map, model = tiny_group_map(prune_output=True)
     units = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 1.0])
     # layer 1 keeps 2 units: 2 x 3 weights + 2 biases = 8; layer 2 keeps both units, each reading
     # only the 2 kept inputs: 2 x 2 + 2 = 6
-    assert SubModel(torch.zeros(26), units, layout).nbytes == 4 * 14
-    assert SubModel(torch.zeros(26), torch.ones(6), layout).nbytes == 4 * 26  # nothing dropped
+    assert SubModel(torch.zeros(26), units, group_map).nbytes == 4 * 14
+    assert SubModel(torch.zeros(26), torch.ones(6), group_map).nbytes == 4 * 26  # nothing dropped
 
 
 def test_thresholds_and_bundle_by_hand():

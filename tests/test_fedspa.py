@@ -63,6 +63,9 @@ def test_density_is_exact_after_every_prune_and_regrow():
                 i += n
     moved = [s for s in e.memory if not torch.equal(unpack_bits(e.memory[s], algo.maskable), first[s])]
     assert moved  # the masks did move
+    # the server learnt each moved mask from the replies alone: its record is the client's own mask
+    assert set(moved) <= set(e.known)
+    assert all(torch.equal(e.known[s], e.memory[s]) for s in moved)
     assert sum(algo.counts) / algo.maskable == pytest.approx(0.3, abs=1e-3)
 
 
@@ -107,7 +110,7 @@ def test_a_client_never_sampled_keeps_its_first_mask_and_masks_resume_from_the_c
     assert never
     again = Engine(RunConfig(rounds=2, **cfg), data).algorithm
     for s in never:  # drawn from the client's own seed: the same whenever it is needed
-        assert torch.equal(e.algorithm.mask_of(ClientJob(0, 7, s)), again.initial_mask(s))
+        assert torch.equal(e.algorithm.mask_of(None, s), again.initial_mask(s))
     # the masks are part of the checkpoint, packed: a resumed run equals the straight one
     straight = run(RunConfig(rounds=3, eval_every=1, **cfg), tmp_path / "a.json", data=data, progress=False)
     run(RunConfig(rounds=1, eval_every=1, **cfg), tmp_path / "b.json", data=data, progress=False)
@@ -115,7 +118,9 @@ def test_a_client_never_sampled_keeps_its_first_mask_and_masks_resume_from_the_c
                   progress=False)
     strip = lambda recs: [{k: v for k, v in r.items() if k != "seconds"} for r in recs]  # noqa: E731
     assert strip(straight["records"]) == strip(resumed["records"])
-    memory = load_checkpoint(checkpoint_path(tmp_path / "b.json"))["memory"]
+    saved = load_checkpoint(checkpoint_path(tmp_path / "b.json"))
+    memory = saved["memory"]
+    assert saved["known"].keys() <= memory.keys() and saved["known"]  # the server's copies, for the masks that moved
     assert all(m.dtype == torch.uint8 and m.numel() == math.ceil(e.algorithm.maskable / 8) for m in memory.values())
 
 
@@ -131,7 +136,7 @@ def test_fedspa_bad_input():
 
 def test_the_server_averages_each_weight_over_the_clients_that_hold_it():
     from emfl.nn.algorithms.base import ClientResult
-    from emfl.nn.messages import Masked
+    from emfl.nn.messages import Bundle, Masked
 
     data = tiny_federation(clients=4, n=16, m=4)
     e = Engine(RunConfig(algo="fedspa", model="lenet5-classic", server_opt="sgd", server_lr=1.0,
@@ -142,7 +147,8 @@ def test_the_server_averages_each_weight_over_the_clients_that_hold_it():
     a[:3] = True  # client A holds values 0, 1, 2
     b = torch.zeros(d, dtype=torch.bool)
     b[1:4] = True  # client B holds 1, 2, 3
-    ups = [ClientResult(Masked(torch.full((d,), 2.0), a), 0.0, None), ClientResult(Masked(torch.full((d,), 4.0), b), 0.0, None)]
+    ups = [ClientResult(Bundle(w=Masked(torch.full((d,), 2.0), a)), 0.0, None),
+           ClientResult(Bundle(w=Masked(torch.full((d,), 4.0), b)), 0.0, None)]
     state, _ = algo.m_step({**e.server, "w": w}, None, ups)
     assert state["w"][:5].tolist() == [2.0, 3.0, 3.0, 4.0, 0.0]  # held by A; both; both; B; nobody
 

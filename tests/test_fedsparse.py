@@ -65,9 +65,9 @@ def _capture_uploads(e):
     return sent
 
 
-def lenet_alive(mask, layout):
+def lenet_alive(mask, group_map):
     """Values alive in the paper's LeNet-5 (3x32x32, 10 classes) from the units kept per layer."""
-    a1, a2, a3 = [int(mask[a:b].sum()) for a, b in layout.layer_slices]
+    a1, a2, a3 = [int(mask[a:b].sum()) for a, b in group_map.layer_slices]
     return a1 * 76 + a2 * (a1 * 25 + 1) + a3 * (a2 * 25 + 1) + 10 * (a3 + 1)
 
 
@@ -75,8 +75,8 @@ def test_a_fedsparse_round_accounts_what_is_sent():
     data = tiny_federation(clients=4, n=16, m=4)
     e = Engine(RunConfig(algo="fedsparse", lam0=1e-3, sparse_reg="batch", rounds=3, clients_per_round=2, batch_size=8),
                data)
-    layout = e.algorithm.layout
-    G = layout.num_groups
+    group_map = e.algorithm.group_map
+    G = group_map.num_groups
     assert torch.allclose(theta(e), torch.full((G,), 0.99), atol=1e-4)  # starts dense
     sent = _capture_uploads(e)
     for rnd in range(3):
@@ -84,14 +84,14 @@ def test_a_fedsparse_round_accounts_what_is_sent():
         info = e.run_round()
         ups = [up for _, up in sent[-2:]]
         for up in ups:  # counted from the tensors on the wire, and by hand from the units kept
-            assert up.nbytes == len(up.encode()) == 4 * lenet_alive(up.mask, layout) + 608 // 8
-            assert int(torch.count_nonzero(up.values)) <= lenet_alive(up.mask, layout)
+            assert up.nbytes == len(up.encode()) == 4 * lenet_alive(up.mask, group_map) + 608 // 8
+            assert int(torch.count_nonzero(up.values)) <= lenet_alive(up.mask, group_map)
         assert e.bytes_up - up_before == sum(len(up.encode()) for up in ups)
         down = sent[-1][0]
         keep = down["w"].mask
         # the surviving values, a mask bit per unit, a threshold and an unsent norm per surviving unit
         assert e.bytes_down - down_before == 2 * (len(down["w"].encode()) + 4 * 2 * int(keep.sum()))
-        assert len(down["w"].encode()) == 4 * lenet_alive(keep, layout) + 76
+        assert len(down["w"].encode()) == 4 * lenet_alive(keep, group_map) + 76
     assert 0 < info["sparsity"] and info["sparsity_own"] < info["sparsity"]
     assert 0 <= info["tv_mean"] <= info["tv_max"] <= 1
 
@@ -102,8 +102,8 @@ def test_server_pruning_zeroes_groups_and_shrinks_the_download():
     e.server["v"][:32] = 50.0  # thresholds far above the norms: every conv1 filter is off (theta ~ 0)
     info = e.run_round()
     assert (theta(e)[:32] <= PRUNE).all()
-    a, b = e.algorithm.layout.layer_slices[0]
-    in_conv1 = (e.algorithm.layout.group_of >= a) & (e.algorithm.layout.group_of < b)
+    a, b = e.algorithm.group_map.layer_slices[0]
+    in_conv1 = (e.algorithm.group_map.group_of >= a) & (e.algorithm.group_map.group_of < b)
     assert int(in_conv1.sum()) == 32 * 76 and torch.count_nonzero(e.w[in_conv1]) == 0
     # structurally conv2 loses every weight too (all read conv1), its 64 biases stay alive
     dead = 32 * 76 + 64 * 32 * 25
@@ -112,7 +112,7 @@ def test_server_pruning_zeroes_groups_and_shrinks_the_download():
     assert info["alive_units"]["conv1"] == 0 and info["alive_units"]["conv2"] <= 64  # per layer, by name
     before = e.bytes_down
     e.run_round()
-    G = e.algorithm.layout.num_groups
+    G = e.algorithm.group_map.num_groups
     assert e.bytes_down - before == 2 * (4 * (e.d - dead) + G // 8 + 4 * 2 * (G - 32))
 
 
@@ -139,15 +139,15 @@ def test_the_upload_is_a_bernoulli_sample_of_pi():
 
     data = tiny_federation(clients=4, n=16, m=4, shape=(1, 28, 28))
     algo = Engine(RunConfig(algo="fedsparse", model="lenet5-classic", rounds=1, clients_per_round=4), data).algorithm
-    pi = torch.linspace(0.02, 0.98, algo.layout.num_groups)
-    w = torch.randn(algo.layout.d)
+    pi = torch.linspace(0.02, 0.98, algo.group_map.num_groups)
+    w = torch.randn(algo.group_map.d)
     gen = torch.Generator().manual_seed(0)
     draws = torch.stack([algo.upload(w, pi, gen).mask for _ in range(2000)])
     counts = draws.sum(0)
-    for k in range(0, algo.layout.num_groups, 7):
+    for k in range(0, algo.group_map.num_groups, 7):
         assert binomtest(int(counts[k]), 2000, float(pi[k])).pvalue > 1e-4, (k, float(pi[k]), int(counts[k]))
     up = algo.upload(w, pi, gen)
-    assert torch.equal(up.values, w * algo.layout.alive(up.mask))
+    assert torch.equal(up.values, w * algo.group_map.alive(up.mask))
 
 
 def test_more_lam0_gives_more_sparsity():
@@ -204,19 +204,19 @@ def test_fedsparse_bad_input():
 def test_fedl1_thresholds_both_ways_and_counts_bytes():
     data = tiny_federation(clients=4, n=16, m=4)
     probe = Engine(RunConfig(algo="fedl1", lam=1.0, rounds=2, clients_per_round=4), data)
-    lam = float(probe.algorithm.layout.norms(probe.w).median())  # half of the groups start below it
+    lam = float(probe.algorithm.group_map.norms(probe.w).median())  # half of the groups start below it
     e = Engine(RunConfig(algo="fedl1", lam=lam, rounds=2, clients_per_round=2, batch_size=8), data)
-    layout = e.algorithm.layout
-    norms = layout.norms(e.w)
+    group_map = e.algorithm.group_map
+    norms = group_map.norms(e.w)
     keep = (norms > lam).float()
-    assert 0 < keep.sum() < layout.num_groups  # some groups start below the threshold
+    assert 0 < keep.sum() < group_map.num_groups  # some groups start below the threshold
     info = e.run_round()
-    G = layout.num_groups
+    G = group_map.num_groups
     # two clients, each sent the alive values (4 bytes each), a mask bit per unit and an unsent norm per kept unit
-    assert e.bytes_down == 2 * (4 * lenet_alive(keep, layout) + (G + 7) // 8 + 4 * int(keep.sum()))
+    assert e.bytes_down == 2 * (4 * lenet_alive(keep, group_map) + (G + 7) // 8 + 4 * int(keep.sum()))
     assert e.bytes_up < 2 * 4 * e.d
-    assert info["sparsity"] == pytest.approx(1 - lenet_alive(keep, layout) / e.d)
-    assert info["sparsity_own"] == pytest.approx(float((layout.sizes * (1 - keep)).sum()) / e.d)
+    assert info["sparsity"] == pytest.approx(1 - lenet_alive(keep, group_map) / e.d)
+    assert info["sparsity_own"] == pytest.approx(float((group_map.sizes * (1 - keep)).sum()) / e.d)
     with pytest.raises(ValueError, match="fedl1 needs --lam > 0"):
         RunConfig(algo="fedl1")
 
@@ -238,13 +238,13 @@ def test_feddrop_submodel_size_by_hand():
     e = Engine(RunConfig(algo="feddrop", rounds=1, clients_per_round=2, batch_size=8), data)
     z = e.algorithm.units(ClientJob(0, 0, 0))
     # kept units: conv1 round(32 * 0.99) = 32, conv2 round(64 * 0.9) = 58, fc1 256, fc2 round(10 * 0.99) = 10
-    layout = e.algorithm.layout
-    kept = [int(z[a:b].sum()) for a, b in layout.layer_slices]
+    group_map = e.algorithm.group_map
+    kept = [int(z[a:b].sum()) for a, b in group_map.layer_slices]
     assert kept == [32, 58, 256, 10]
     # conv1 32 * (3*25) + 32; conv2 58 * (32*25) + 58; fc1 256 * (58*25) + 256; fc2 10 * 256 + 10
     expected = 32 * 75 + 32 + 58 * 800 + 58 + 256 * 1450 + 256 + 10 * 256 + 10
-    assert layout.submodel_values(z) == expected
-    assert layout.submodel_values(torch.ones(layout.num_groups)) == e.d  # nothing dropped: the full model
+    assert group_map.submodel_values(z) == expected
+    assert group_map.submodel_values(torch.ones(group_map.num_groups)) == e.d  # nothing dropped: the full model
     e.run_round()
     assert e.bytes_down == e.bytes_up == 2 * 4 * expected  # every client's sub-model has that size
     assert not torch.equal(e.algorithm.units(ClientJob(0, 0, 0)), e.algorithm.units(ClientJob(0, 0, 1)))  # a draw per client
@@ -258,9 +258,9 @@ def test_feddrop_only_updates_the_submodel():
     z = e.algorithm.units(ClientJob(0, 0, s))
     w0 = e.w.clone()
     e.run_round()
-    layout = e.algorithm.layout
-    a, b = layout.layer_slices[1]  # conv2: half its filters dropped
-    dropped = torch.isin(layout.group_of, torch.nonzero(z[a:b] == 0).flatten() + a)
+    group_map = e.algorithm.group_map
+    a, b = group_map.layer_slices[1]  # conv2: half its filters dropped
+    dropped = torch.isin(group_map.group_of, torch.nonzero(z[a:b] == 0).flatten() + a)
     assert dropped.sum() > 0 and torch.equal(e.w[dropped], w0[dropped])
     with pytest.raises(ValueError, match="drop_fc must be a rate"):
         RunConfig(algo="feddrop", drop_fc=1.0)
@@ -367,10 +367,10 @@ def test_lenet_pools_before_the_relu_with_the_same_values_and_gradients():
 def test_fedl1_records_the_units_alive_per_layer():
     data = tiny_federation(clients=4, n=16, m=4)
     probe = Engine(RunConfig(algo="fedl1", lam=1.0, rounds=1, clients_per_round=4), data)
-    layout = probe.algorithm.layout
-    norms = layout.norms(probe.w)
+    group_map = probe.algorithm.group_map
+    norms = group_map.norms(probe.w)
     lam = float(norms.median())  # about half of the units start below it and are not sent
     e = Engine(RunConfig(algo="fedl1", lam=lam, rounds=1, clients_per_round=2, batch_size=8), data)
     info = e.run_round()
-    want = {l.name: int((norms[a:b] > lam).sum()) for l, (a, b) in zip(layout.layers, layout.layer_slices)}
-    assert info["alive_units"] == want and sum(want.values()) < layout.num_groups  # the server's own count
+    want = {l.name: int((norms[a:b] > lam).sum()) for l, (a, b) in zip(group_map.layers, group_map.layer_slices)}
+    assert info["alive_units"] == want and sum(want.values()) < group_map.num_groups  # the server's own count

@@ -40,11 +40,12 @@ def test_a_simulation_needs_a_supernode(tmp_path):
 
 
 @pytest.mark.numeric
-@pytest.mark.parametrize("algo", ["fedsparse-mid", "feddrop", "scaffold", "fednova"])
+@pytest.mark.parametrize("algo", ["fedsparse-mid", "feddrop", "scaffold", "fednova", "fedspa"])
 def test_simulation_gives_the_engines_run_on_generated_data(tmp_path, algo):
     # 6 clients of 48 random images, 4 a round, 3 rounds: group-sparse with thresholds (FedSparse),
     # sub-models drawn per client (FedDrop), dense bundles and client memory (SCAFFOLD), counts
-    # beside a dense update (FedNova: the example and step counts); dense
+    # beside a dense update (FedNova: the example and step counts), masked values with new masks
+    # that the server must remember and the client keep (FedSpa: 12 draws of 6 clients); dense
     # models alone (FedAvg) on CIFAR-10 below
     data = tiny_federation(clients=6, n=48, m=8)
     config = make_config(algo, task="cifar10", rounds=3, clients_per_round=4, eval_every=1, device="cpu",

@@ -130,16 +130,25 @@ def test_all_lists_the_modules_own_names(name):
     assert [n for n in names if n not in _own_names(tree)] == [], f"{name}.__all__ lists names defined elsewhere"
 
 
-def test_the_round_loop_the_runner_and_flower_name_no_algorithm():
-    """What a new algorithm needs is its module and a registry line: the round loop, the runner and
-    the Flower apps know algorithms only through the protocol (their names appear nowhere there)."""
+def test_the_round_loop_the_runner_the_wire_and_flower_name_no_algorithm():
+    """What a new algorithm needs is its module and a registry line: the round loop, the runner,
+    the wire and the Flower apps know algorithms only through the protocol (their names appear
+    nowhere there), and the wire and Flower know messages only as ``Message``."""
     import re
 
     from emfl.nn.algorithms import ALGORITHMS
 
     names = {n for n in ALGORITHMS} | {a.title.lower() for a in ALGORITHMS.values()}
     assert {"fedavg", "fedsparse", "feddrop", "scaffold"} <= names
-    files = [ROOT / "emfl/nn/engine.py", ROOT / "emfl/nn/runner.py", *sorted((ROOT / "emfl/flower").glob("*.py"))]
-    found = {str(f.relative_to(ROOT)): sorted({m.lower() for m in re.findall(r"[A-Za-z]+", f.read_text())} & names)
-             for f in files}
+    files = [ROOT / "emfl/nn/engine.py", ROOT / "emfl/nn/runner.py", ROOT / "emfl/nn/wire.py",
+             *sorted((ROOT / "emfl/flower").glob("*.py"))]
+    words = {f: {m for m in re.findall(r"[A-Za-z]+", f.read_text())} for f in files}
+    found = {str(f.relative_to(ROOT)): sorted({m.lower() for m in w} & names) for f, w in words.items()}
+    assert {f: n for f, n in found.items() if n} == {}
+    from emfl.nn import messages
+
+    kinds = {c.__name__ for c in messages.Message.kinds.values()}
+    assert {"Dense", "GroupSparse", "Masked", "Bundle"} <= kinds
+    wire_side = [f for f in files if "wire" in f.name or "flower" in str(f)]
+    found = {str(f.relative_to(ROOT)): sorted(words[f] & kinds) for f in wire_side}
     assert {f: n for f, n in found.items() if n} == {}

@@ -16,10 +16,10 @@ from emfl.nn.slicing import WIDTH_STEP, Subnet, Subnets, held_units
 from nn_helpers import tiny_federation
 
 
-def _keep(layout, per_layer):
+def _keep(group_map, per_layer):
     """A unit mask that keeps the listed units of each layer (one list per layer)."""
-    keep = torch.zeros(layout.num_groups)
-    for (a, b), idx in zip(layout.layer_slices, per_layer):
+    keep = torch.zeros(group_map.num_groups)
+    for (a, b), idx in zip(group_map.layer_slices, per_layer):
         keep[a + torch.tensor(idx, dtype=torch.long)] = 1
     return keep
 
@@ -27,18 +27,18 @@ def _keep(layout, per_layer):
 def test_the_smaller_lenet_by_hand():
     torch.manual_seed(0)
     model = LeNet5((3, 32, 32), 10)
-    layout = GroupMap(model)  # conv1 (32), conv2 (64), fc1 (512); fc2 is the dense output layer
+    group_map = GroupMap(model)  # conv1 (32), conv2 (64), fc1 (512); fc2 is the dense output layer
     conv1 = [0, 1, 2, 3, 28, 29, 30, 31]
     conv2 = list(range(1, 16)) + [60]
-    keep = _keep(layout, [conv1, conv2, list(range(104))])  # 8, 16 and 104 units: multiples of 8
-    sub = Subnet(model, layout, keep)
+    keep = _keep(group_map, [conv1, conv2, list(range(104))])  # 8, 16 and 104 units: multiples of 8
+    sub = Subnet(model, group_map, keep)
     shapes = {n: tuple(p.shape) for n, p in sub.model.named_parameters()}
     assert shapes == {"conv1.weight": (8, 3, 5, 5), "conv1.bias": (8,),
                       "conv2.weight": (16, 8, 5, 5), "conv2.bias": (16,),
                       "fc1.weight": (104, 16 * 25), "fc1.bias": (104,),  # 16 channels of 5 x 5 after pooling
                       "fc2.weight": (10, 104), "fc2.bias": (10,)}
     by_hand = 8 * 76 + 16 * (8 * 25 + 1) + 104 * (400 + 1) + 10 * 105
-    assert sub.d == by_hand == layout.values_on(keep)  # what the server counts as alive
+    assert sub.d == by_hand == group_map.values_on(keep)  # what the server counts as alive
     assert (sub.model.conv2.in_channels, sub.model.conv2.out_channels, sub.model.fc1.in_features) == (8, 16, 400)
     # the values it holds are the full model's, in place: conv2's unit 60 reading conv1's unit 31
     w = state_vector(model)
@@ -51,14 +51,14 @@ def test_the_smaller_lenet_by_hand():
 
 def test_cut_layers_hold_a_multiple_of_eight_units_putting_back_the_first_off_ones():
     assert WIDTH_STEP == 8
-    layout = GroupMap(LeNet5((3, 32, 32), 10))
-    held = held_units(layout, _keep(layout, [[0, 5, 31], [], list(range(9))]))
-    (a1, b1), (a2, b2), (a3, b3) = layout.layer_slices
+    group_map = GroupMap(LeNet5((3, 32, 32), 10))
+    held = held_units(group_map, _keep(group_map, [[0, 5, 31], [], list(range(9))]))
+    (a1, b1), (a2, b2), (a3, b3) = group_map.layer_slices
     assert torch.nonzero(held[a1:b1]).flatten().tolist() == [0, 1, 2, 3, 4, 5, 6, 31]  # 1, 2, 3, 4, 6 put back
     assert torch.nonzero(held[a2:b2]).flatten().tolist() == list(range(8))  # none on: one step of off units
     assert torch.nonzero(held[a3:b3]).flatten().tolist() == list(range(16))
     # a layer short of its full width by less than a step is held whole
-    assert bool(held_units(layout, _keep(layout, [range(30), range(64), range(512)])).all())
+    assert bool(held_units(group_map, _keep(group_map, [range(30), range(64), range(512)])).all())
 
 
 @pytest.mark.numeric
@@ -66,10 +66,10 @@ def test_the_smaller_model_computes_what_the_masked_one_computes():
     torch.manual_seed(1)
     x = torch.randn(4, 3, 32, 32, dtype=torch.float64)  # float64: round-off 1e-15, on any CPU
     for model in (LeNet5((3, 32, 32), 10).double(), ResNet20((3, 32, 32), 10).double()):
-        layout = GroupMap(model)
-        keep = (torch.rand(layout.num_groups) < 0.4).float()
-        sub = Subnet(model, layout, keep)
-        masked = state_vector(model) * layout.expand(keep)  # the off units' own groups zeroed
+        group_map = GroupMap(model)
+        keep = (torch.rand(group_map.num_groups) < 0.4).float()
+        sub = Subnet(model, group_map, keep)
+        masked = state_vector(model) * group_map.expand(keep)  # the off units' own groups zeroed
         load_state_vector(model, masked)
         sub.load(masked)
         for train in (False, True):
@@ -82,33 +82,33 @@ def test_the_smaller_model_computes_what_the_masked_one_computes():
 
 def test_merge_writes_back_only_what_the_smaller_model_holds():
     model = LeNet5((1, 28, 28), 62)
-    layout = GroupMap(model)
-    keep = torch.ones(layout.num_groups)
+    group_map = GroupMap(model)
+    keep = torch.ones(group_map.num_groups)
     keep[:16] = 0  # half of conv1's units
-    sub = Subnet(model, layout, keep)
-    w = torch.arange(layout.d, dtype=torch.float32)
+    sub = Subnet(model, group_map, keep)
+    w = torch.arange(group_map.d, dtype=torch.float32)
     assert torch.equal(sub.merge(w, sub.values(w)), w)
     bumped = sub.merge(w, sub.values(w) + 1)
     changed = int((bumped != w).sum())
-    assert changed == sub.d == layout.d - 16 * (25 + 1) - 64 * 16 * 25  # off: 16 filters and their readers
-    assert torch.equal(layout.alive(keep) > 0, bumped != w)
+    assert changed == sub.d == group_map.d - 16 * (25 + 1) - 64 * 16 * 25  # off: 16 filters and their readers
+    assert torch.equal(group_map.alive(keep) > 0, bumped != w)
 
 
 def test_subnets_are_built_once_per_mask_and_not_at_all_when_nothing_is_off():
     model = LeNet5((3, 32, 32), 10)
-    layout = GroupMap(model)
-    subnets = Subnets(model, layout)
-    assert subnets(torch.ones(layout.num_groups)) is None
-    keep = torch.ones(layout.num_groups)
+    group_map = GroupMap(model)
+    subnets = Subnets(model, group_map)
+    assert subnets(torch.ones(group_map.num_groups)) is None
+    keep = torch.ones(group_map.num_groups)
     keep[3] = 0
     assert subnets(keep) is None  # 31 of conv1's 32 units: held whole (a multiple of 8), nothing to cut
     keep[:8] = 0
     first = subnets(keep)
     assert first is subnets(keep.clone()) and first is not subnets(torch.flip(keep, [0]))
-    none_left = torch.zeros(layout.num_groups)  # every unit off: one per layer stays, computing 0
-    assert [l.groups for l in Subnet(model, layout, none_left).layout.layers] == [8, 8, 8]
+    none_left = torch.zeros(group_map.num_groups)  # every unit off: one per layer stays, computing 0
+    assert [l.groups for l in Subnet(model, group_map, none_left).group_map.layers] == [8, 8, 8]
     with pytest.raises(ValueError, match="unit mask for this model has shape"):
-        Subnet(model, layout, keep[:-1])
+        Subnet(model, group_map, keep[:-1])
 
 
 def _engines(data, **cfg):
@@ -146,13 +146,13 @@ def test_fedsparse_rounds_on_the_smaller_model_equal_the_masked_dense_rounds(mod
     data = tiny_federation(clients=4, n=16, m=4)
     dense, sliced = _engines(data, algo="fedsparse", model=model, lam0=1e-3, sparse_reg="batch", rounds=2,
                              clients_per_round=2, batch_size=8, **readings)
-    layout = dense.algorithm.layout
+    group_map = dense.algorithm.group_map
     # over half of each layer, so that the smaller model holds some pruned units back (widths of 8k)
-    off = torch.cat([torch.arange(a, a + (b - a) // 2 + 3) for a, b in layout.layer_slices])
+    off = torch.cat([torch.arange(a, a + (b - a) // 2 + 3) for a, b in group_map.layer_slices])
     _prune(dense, off), _prune(sliced, off)
     _assert_same_rounds(dense, sliced)
     sub = sliced.algorithm.subnets.current
-    assert sub is not None and sub.d < 0.6 * layout.d  # the clients did train the smaller model
+    assert sub is not None and sub.d < 0.6 * group_map.d  # the clients did train the smaller model
     assert dense.algorithm.subnets.current is None  # and dense never built one
 
 
@@ -172,7 +172,7 @@ def test_feddrop_clients_on_their_sub_models_equal_the_masked_dense_clients():
 def test_fedl1_clients_on_the_switched_on_units_equal_the_masked_dense_clients(batching):
     data = tiny_federation(clients=4, n=16, m=4)
     probe = Engine(RunConfig(algo="fedl1", lam=1.0, clients_per_round=4), data)
-    lam = float(probe.algorithm.layout.norms(probe.w).median())  # about half of the units off
+    lam = float(probe.algorithm.group_map.norms(probe.w).median())  # about half of the units off
     dense, sliced = _engines(data, algo="fedl1", lam=lam, rounds=2, clients_per_round=3, batch_size=8,
                              client_batching=batching)
     _assert_same_rounds(dense, sliced)

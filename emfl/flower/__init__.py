@@ -11,21 +11,23 @@ What maps to what:
 * the **client** (``client_update``) runs in a Flower ``ClientApp``
   (:func:`emfl.flower.apps.make_client_app`), on the same data partition, with the same random
   streams (seeded by run seed, round and client) and its memory (``ClientResult.memory``: what a
-  client keeps between the rounds it takes part in) in the node's ``context.state``;
+  client keeps between the rounds it takes part in, a tensor or a dict of tensors) in the node's
+  ``context.state``; what the server keeps of each client's replies
+  (``Algorithm.remember``: a personal mask the client sent) is the server's, in its checkpoint;
 * every **message** travels as one ``bytes`` value in a ``ConfigRecord``, encoded by
   :mod:`emfl.nn.wire`: exactly the ``nbytes`` the engine counts (a sparse message stays sparse);
   its form (kind and lengths), the round, the client's index and the diagnostics a real server
   would not need (loss, local accuracy) travel beside it; what a receiver knows itself and the
-  wire leaves out (the model's group map, a sub-model's units) comes from the algorithm's
-  ``receiver(job)``, so this package names no algorithm;
+  wire leaves out (the model's group map, a sub-model's units, a known mask) comes from the
+  algorithm's ``receiver(job, sent)``, so this package names no algorithm and no message type;
 * client ``s`` of the data set is served by SuperNode ``s mod N`` (the nodes in the order of
   their ids), so that a few SuperNodes play the paper's 100 or 3,597 clients.
 
 :func:`simulate` runs Flower's simulation in this process; :mod:`emfl.flower.deploy` starts a
 SuperLink and SuperNodes on 127.0.0.1 and submits the run with ``flwr run``.  ``flwr`` is an
 optional extra: ``pip install -e '.[flower]'``; the rest of emfl never imports it.  A message type
-without a wire form (``Masked``, personal masks) cannot travel yet: such a run stops at its first
-message with an error that says to use ``python -m emfl run``.
+without a wire form (one a new algorithm defines without ``to_wire``) cannot travel: such a run
+stops at its first message with an error that says to use ``python -m emfl run``.
 """
 
 from __future__ import annotations

@@ -76,6 +76,28 @@ def _floats(t: torch.Tensor) -> bytes:
     return t.detach().cpu().numpy().astype(f"<f{t.dtype.itemsize}").tobytes()
 
 
+def _keep(context: Context, s: int, memory) -> None:
+    """Client ``s``'s memory (a tensor, or a dict of tensors) into the node's ``context.state``."""
+    if isinstance(memory, torch.Tensor):
+        arrays, single = {"m": memory}, True
+    elif isinstance(memory, dict) and all(isinstance(v, torch.Tensor) for v in memory.values()):
+        arrays, single = memory, False
+    else:
+        raise FlowerError(f"a client's memory travels to the node's state as a tensor or a dict of tensors; "
+                          f"got {type(memory).__name__}")
+    context.state[f"emfl-memory-{s}"] = ArrayRecord({k: v.detach().cpu() for k, v in arrays.items()})
+    context.state[f"emfl-memory-{s}-form"] = ConfigRecord({"single": single})
+
+
+def _recall(context: Context, s: int):
+    """What :func:`_keep` stored for client ``s``, or None."""
+    key = f"emfl-memory-{s}"
+    if key not in context.state:
+        return None
+    arrays = context.state[key].to_torch_state_dict()
+    return arrays["m"] if context.state[f"{key}-form"]["single"] else arrays
+
+
 def client_train(settings: dict, msg: Message, context: Context, data=None) -> Message:
     """One client's part of a round: decode the server's message, the algorithm's
     ``client_update``, local accuracy, encode the reply.  Client ``s``'s memory lives in the
@@ -84,15 +106,14 @@ def client_train(settings: dict, msg: Message, context: Context, data=None) -> M
     algo = engine.algorithm
     rec = msg.content[RECORD]
     s, rnd = int(rec["client"]), int(rec["round"])
-    key = f"emfl-memory-{s}"
-    memory = context.state[key].to_torch_state_dict()["m"] if key in context.state else None
+    memory = _recall(context, s)
     job = ClientJob(engine.config.seed, rnd, s, memory)
     down = wire.decode(json.loads(rec["form"]), rec["payload"], **algo.receiver(job), device=engine.device)
     with _LOCK:  # one client at a time per process: they share the model
         result = algo.client_update(down, job, engine.runtime)
         acc = engine.local_accuracy(s, result.local)
         if result.memory is not None:
-            context.state[key] = ArrayRecord({"m": result.memory.detach().cpu()})
+            _keep(context, s, result.memory)
         up_form, payload = wire.encode(result.up)
     reply = {"client": s, "round": rnd, "form": json.dumps(up_form), "payload": payload,
              "loss": float(result.loss), "local_acc": float(acc)}

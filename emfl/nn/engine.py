@@ -32,7 +32,7 @@ import torch
 
 from emfl.nn import algorithms
 from emfl.nn.algorithms import ALGORITHMS, PRESETS
-from emfl.nn.algorithms.base import ClientRuntime, Setup, batched_client_updates
+from emfl.nn.algorithms.base import Algorithm, ClientRuntime, Setup, batched_client_updates
 from emfl.nn.config import RunConfig
 from emfl.nn.models import make_model
 from emfl.nn.seeding import ClientJob, derive_seed, sample_clients
@@ -70,6 +70,7 @@ class RoundPlan:
     start: float
     results: list = field(default_factory=list)
     kept: dict = field(default_factory=dict)
+    known: dict = field(default_factory=dict)
 
 
 class Engine:
@@ -100,6 +101,7 @@ class Engine:
                                      config.local_epochs, self.device)
         self.server = self.algorithm.init(w)  # the prior's parameters and the optimisers' states
         self.memory: dict = {}  # client -> what it keeps between the rounds it takes part in
+        self.known: dict = {}  # client -> what the server kept of its replies (Algorithm.remember)
         self.round = 0
         self.local_acc = np.full(data.num_clients, np.nan)
         self.bytes_down = 0
@@ -122,6 +124,7 @@ class Engine:
     def state_dict(self) -> dict:
         return {"config": self.config.to_dict(), "round": self.round, "server": _to_cpu(self.server),
                 "memory": {int(s): _to_cpu(m) for s, m in self.memory.items()},
+                "known": {int(s): _to_cpu(m) for s, m in self.known.items()},
                 "local_acc": torch.from_numpy(self.local_acc.copy()),
                 "bytes_down": self.bytes_down, "bytes_up": self.bytes_up, "seconds": self.seconds,
                 "history": list(self.history)}
@@ -130,6 +133,10 @@ class Engine:
         self.round = int(state["round"])
         self.server = _to_device(state["server"], self.device)
         self.memory = {int(s): _to_device(m, self.device) for s, m in state["memory"].items()}
+        if "known" not in state and type(self.algorithm).remember is not Algorithm.remember:
+            raise ValueError(f"this checkpoint predates what the {self.algorithm.title} server keeps of each client; "
+                             "start the run again without --resume")
+        self.known = {int(s): _to_device(m, self.device) for s, m in state.get("known", {}).items()}
         self.local_acc = torch.as_tensor(state["local_acc"], dtype=torch.float64).numpy().copy()
         self.bytes_down = int(state["bytes_down"])
         self.bytes_up = int(state["bytes_up"])
@@ -198,7 +205,7 @@ class Engine:
         start = time.perf_counter()
         clients = self.sample_clients(rnd)
         state, down = algo.server_message(self.server)
-        jobs = [ClientJob(self.config.seed, rnd, s, self.memory.get(int(s))) for s in clients]
+        jobs = [ClientJob(self.config.seed, rnd, s, self.memory.get(int(s)), self.known.get(int(s))) for s in clients]
         msgs = [algo.message_to(down, job) for job in jobs]
         return RoundPlan(rnd, clients, state, down, jobs, msgs, start)
 
@@ -208,6 +215,9 @@ class Engine:
         self.local_acc[job.s] = local_acc
         if result.memory is not None:
             plan.kept[job.s] = result.memory
+        known = self.algorithm.remember(job.known, result.up)
+        if known is not None:
+            plan.known[job.s] = known
         self.bytes_down += msg.nbytes
         self.bytes_up += result.up.nbytes
         plan.results.append(result)
@@ -221,6 +231,7 @@ class Engine:
                            "lower --client-lr or --server-lr")
         self.server = state
         self.memory.update(plan.kept)
+        self.known.update(plan.known)
         self.round = plan.rnd + 1
         self.seconds += time.perf_counter() - plan.start
         if self.observers:

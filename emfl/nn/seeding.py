@@ -39,12 +39,15 @@ def local_model_ages(seed: int, rounds: int, num_clients: int, clients_per_round
 @dataclass
 class ClientJob:
     """Client ``s``'s part of round ``rnd``: its random streams, seeded by (seed, stream, round,
-    client), and ``memory``, what it kept from the last round it took part in (None at first)."""
+    client); ``memory``, what the client kept from the last round it took part in (None at
+    first); ``known``, on the server's side only, what the server kept of its replies
+    (``Algorithm.remember``; None at first and on the client's side)."""
 
     seed: int
     rnd: int
     s: int
     memory: Any = None
+    known: Any = None
     gen: torch.Generator = field(init=False, repr=False)
 
     def __post_init__(self):

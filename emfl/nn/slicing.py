@@ -13,7 +13,7 @@ each of them.  :class:`Subnet` is the smaller model that keeps only the survivin
   (FedDrop's dropped classes) still act by masking.
 
 Its state vector is cut from the full one (:meth:`Subnet.values`) and the trained values are
-written back (:meth:`Subnet.merge`), so messages and the server keep the full layout.
+written back (:meth:`Subnet.merge`), so messages and the server keep the full group_map.
 
 Why the results are the same (``tests/test_slicing.py``): in the masked dense model an off unit's
 output is exactly 0, so the gradient on the weights that read it is 0 (their input is 0), and
@@ -44,15 +44,15 @@ WIDTH_STEP = 8
 _WIDTH = {nn.Conv2d: ("out_channels", "in_channels"), nn.Linear: ("out_features", "in_features")}
 
 
-def held_units(layout: GroupMap, keep: torch.Tensor) -> torch.Tensor:
+def held_units(group_map: GroupMap, keep: torch.Tensor) -> torch.Tensor:
     """Which units the smaller model of the mask ``keep`` holds (boolean, one per unit): the units
     on, and in each cut layer the first few off units that make the count a multiple of
     :data:`WIDTH_STEP` (at least one step, at most the layer); every unit of an output layer."""
     keep = keep.detach().cpu() > 0
-    if keep.shape != (layout.num_groups,):
-        raise ValueError(f"a unit mask for this model has shape ({layout.num_groups},); got {tuple(keep.shape)}")
+    if keep.shape != (group_map.num_groups,):
+        raise ValueError(f"a unit mask for this model has shape ({group_map.num_groups},); got {tuple(keep.shape)}")
     held = keep.clone()
-    for layer, (a, b) in zip(layout.layers, layout.layer_slices):
+    for layer, (a, b) in zip(group_map.layers, group_map.layer_slices):
         m = held[a:b]  # a view: filled in place
         if layer.reader is None:
             m[:] = True  # the output layer: masked, not cut
@@ -64,25 +64,25 @@ def held_units(layout: GroupMap, keep: torch.Tensor) -> torch.Tensor:
 
 
 class Subnet:
-    """The model ``model`` cut to the units ``keep`` (one entry per unit of ``layout``, 0: off).
+    """The model ``model`` cut to the units ``keep`` (one entry per unit of ``group_map``, 0: off).
 
     ``model``: the smaller ``nn.Module`` (its own parameters; forward hooks of the full model are
-    not carried over); ``layout``: its :class:`GroupMap`, unit ``k`` of which is unit ``units[k]``
+    not carried over); ``group_map``: its :class:`GroupMap`, unit ``k`` of which is unit ``units[k]``
     of the full model; ``hooks``: :class:`GateHooks` on it; ``d``: the length of its state
     vector (:meth:`values` cuts it from the full one, :meth:`merge` writes it back).  It holds the units of :func:`held_units`: a few off
     units besides those on (they compute 0 in either model), so that every width is a multiple of
     :data:`WIDTH_STEP` and none is 0."""
 
-    def __init__(self, model: nn.Module, layout: GroupMap, keep: torch.Tensor):
-        held = held_units(layout, keep)
+    def __init__(self, model: nn.Module, group_map: GroupMap, keep: torch.Tensor):
+        held = held_units(group_map, keep)
         device = state_tensors(model)[0].device
-        kept = [torch.nonzero(held[a:b]).flatten().to(device) for a, b in layout.layer_slices]
-        self.units = torch.cat([a + idx for (a, _), idx in zip(layout.layer_slices, kept)])
+        kept = [torch.nonzero(held[a:b]).flatten().to(device) for a, b in group_map.layer_slices]
+        self.units = torch.cat([a + idx for (a, _), idx in zip(group_map.layer_slices, kept)])
         # per state tensor: (its slice of the state vector, its view as rows x input units x values
         # per input, the rows kept or None, the input units kept or None)
         self._cuts, placeholders, offset = [], {}, 0
-        for t, (own, reader) in zip(state_tensors(model), layout.roles):
-            G = layout.layers[reader].groups if reader is not None else 1
+        for t, (own, reader) in zip(state_tensors(model), group_map.roles):
+            G = group_map.layers[reader].groups if reader is not None else 1
             rows = kept[own] if own is not None else None
             cols = kept[reader] if reader is not None else None
             shape = list(t.shape)
@@ -101,8 +101,8 @@ class Subnet:
                 new = torch.empty(shape, dtype=t.dtype, device=t.device)
             placeholders[id(t)] = nn.Parameter(new, requires_grad=t.requires_grad) if isinstance(
                 t, nn.Parameter) else new
-        if offset != layout.d:
-            raise ValueError("the layout was built for another model")
+        if offset != group_map.d:
+            raise ValueError("the group map was built for another model")
         # the same modules with tensors of the smaller shapes (filled by load): no copy of the values
         self.model = sub = copy.deepcopy(model, memo=dict(placeholders))
         for mod in sub.modules():  # the full model's gates act on the full model only
@@ -115,10 +115,10 @@ class Subnet:
             if isinstance(mod, nn.modules.batchnorm._BatchNorm):
                 mod.num_features = mod.weight.shape[0]
         self.d = sum(t.numel() for t in state_tensors(sub))
-        self.layout = GroupMap(sub, prune_output=any(l.reader is None for l in layout.layers), ungated=layout.ungated)
-        if self.layout.num_groups != len(self.units):
+        self.group_map = GroupMap(sub, prune_output=any(l.reader is None for l in group_map.layers), ungated=group_map.ungated)
+        if self.group_map.num_groups != len(self.units):
             raise ValueError("the smaller model's units do not match the mask")  # pragma: no cover
-        self.hooks = GateHooks(self.layout)
+        self.hooks = GateHooks(self.group_map)
 
     def _pieces(self, w: torch.Tensor):
         for offset, n, view, rows, cols in self._cuts:
@@ -166,17 +166,17 @@ class Subnets:
     FedSparse or FedL1 round sends one mask to all its clients).  Returns None for a mask that
     keeps every unit that could be cut: the full model is then the smaller one."""
 
-    def __init__(self, model: nn.Module, layout: GroupMap):
-        self.model, self.layout = model, layout
+    def __init__(self, model: nn.Module, group_map: GroupMap):
+        self.model, self.group_map = model, group_map
         self._last = (None, None)
 
     def __call__(self, keep: torch.Tensor):
         keep = keep.detach().cpu() > 0
-        if bool(held_units(self.layout, keep).all()):
+        if bool(held_units(self.group_map, keep).all()):
             return None
         key, sub = self._last
         if key is None or not torch.equal(key, keep):
-            sub = Subnet(self.model, self.layout, keep)
+            sub = Subnet(self.model, self.group_map, keep)
             self._last = (keep, sub)
         return sub
 

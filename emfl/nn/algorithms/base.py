@@ -27,7 +27,7 @@ are tuples.  It holds only tensors, numbers, tuples and dicts, so that a checkpo
 it is.  Messages (:mod:`emfl.nn.messages`) count their own bytes.
 
 An algorithm whose client runs SGD on a pure function of the parameters derives from
-:class:`LocalSGD`: it gives ``start``, ``local_prior``, ``local_loss`` and ``finish``, and the
+:class:`LocalSGD`: it gives ``start``, ``local_terms``, ``local_loss`` and ``finish``, and the
 loop can then train a round's clients together (``torch.func.vmap``).
 
 Compute follows the structure: an algorithm whose clients train a model with some units off
@@ -136,7 +136,7 @@ class Algorithm:
         self.setup = setup
         # Appendix A: the server feeds the mean client difference to Adam ("difference gradient")
         self.server_opt = make_optimizer(setup.config.server_opt, lr=setup.config.server_lr)
-        self.subnets = None  # Subnets(model, layout): the smaller models of the unit masks clients train
+        self.subnets = None  # Subnets(model, group_map): the smaller models of the unit masks clients train
 
     @classmethod
     def check(cls, config) -> None:
@@ -161,6 +161,12 @@ class Algorithm:
         """What client ``job.s`` receives of ``down`` (all of it, unless cut per client)."""
         return down
 
+    def remember(self, known, up: Message):
+        """What the server keeps about a client after its reply ``up``, given what it kept before
+        (``known``, None at first); it comes back as ``job.known`` the next time the client is
+        sampled.  None (the default): nothing."""
+        return None
+
     def m_step(self, state: dict, down: Message, results: list) -> tuple:
         """``(state, info)``: the M-step from the clients' messages ``results[i].up``; ``info``
         holds extra fields for the round's record."""
@@ -173,7 +179,7 @@ class Algorithm:
     # ---- the wire
     def receiver(self, job, sent: Message | None = None) -> dict:
         """What the receiver of a message to or from client ``job.s`` knows itself, so that the
-        wire leaves it out: keywords of :func:`emfl.nn.wire.decode` (``layout``: the model's group
+        wire leaves it out: keywords of :func:`emfl.nn.wire.decode` (``group_map``: the model's group
         map; ``units``: a sub-model's kept units; ``base``: the values outside it).  ``sent``: on
         the server, the message it sent this client this round (None on the client)."""
         return {}
@@ -238,14 +244,15 @@ class LocalSGD(Algorithm):
     """A client that starts from what the server sent (``w_s <- w``, Algorithm 2), runs SGD on
     ``local_loss``, a pure function of the parameters, and then ``finish``es its message.
 
-    ``local_loss(p, x, y, prior)`` is the negative local objective on one batch: the data term on
-    the parameters ``p`` (a dict name -> tensor) plus the penalty of the prior, whose tensors
-    ``local_prior(msg, job, sub)`` gives.  Being pure, it can be trained for all of a round's clients
+    ``local_loss(p, x, y, terms)`` is the negative local objective on one batch: the data term on
+    the parameters ``p`` (a dict name -> tensor) plus what the algorithm adds to it (the prior's
+    penalty, SCAFFOLD's drift correction), whose per-client tensors ``local_terms(msg, job, sub)``
+    gives.  Being pure, it can be trained for all of a round's clients
     at once (:func:`batched_client_updates`).
 
     ``structure(msg)``: the unit mask of the model the client trains, when some units are off
     (None: all on); the client then trains the smaller model (:meth:`Algorithm.subnet`), and
-    ``local_prior`` cuts its per-unit tensors to ``sub.units``."""
+    ``local_terms`` cuts its per-unit tensors to ``sub.units``."""
 
     pure_client = True
     net = None  # the module the data term runs (the runtime's model, or the smaller model the client trains)
@@ -258,9 +265,10 @@ class LocalSGD(Algorithm):
         """The unit mask of the model the client trains (None: every unit on)."""
         return None
 
-    def local_prior(self, msg: Message, job, sub=None) -> dict:
-        """Tensors the prior's penalty reads (per client; a dict, possibly empty), shaped for the
-        smaller model ``sub`` when there is one."""
+    def local_terms(self, msg: Message, job, sub=None) -> dict:
+        """The per-client tensors ``local_loss`` reads besides the parameters (a dict, possibly
+        empty: FedProx's prior mean, SCAFFOLD's correction ``c - c_i``, FedL1's unsent norms),
+        shaped for the smaller model ``sub`` when there is one."""
         return {}
 
     def data_loss(self, p: dict, x, y) -> torch.Tensor:
@@ -269,7 +277,7 @@ class LocalSGD(Algorithm):
 
         return F.cross_entropy(functional_call(self.net if self.net is not None else self.setup.model, p, (x,)), y)
 
-    def local_loss(self, p: dict, x, y, prior: dict) -> torch.Tensor:
+    def local_loss(self, p: dict, x, y, terms: dict) -> torch.Tensor:
         return self.data_loss(p, x, y)
 
     def finish(self, msg: Message, job, w_s: torch.Tensor, losses: list, rt: ClientRuntime) -> ClientResult:
@@ -283,11 +291,11 @@ class LocalSGD(Algorithm):
         w = self.start(msg)
         load_state_vector(net, w if sub is None else sub.values(w))
         net.train()
-        prior = self.local_prior(msg, job, sub)
+        terms = self.local_terms(msg, job, sub)
         p = dict(net.named_parameters())
         self.net = net
         try:
-            losses = local_sgd(rt, job, lambda x, y: self.local_loss(p, x, y, prior), model=net)
+            losses = local_sgd(rt, job, lambda x, y: self.local_loss(p, x, y, terms), model=net)
         finally:
             self.net = None
         w_s = state_vector(net) if sub is None else sub.merge(w)
@@ -318,7 +326,7 @@ def batched_client_updates(algo: LocalSGD, rt: ClientRuntime, msgs: list, jobs: 
     ws = [algo.start(m) for m in msgs]
     starts = [parameter_views(model, w if sub is None else sub.values(w)) for w in ws]
     params = {n: torch.stack([s[n] for s in starts]).detach() for n in names}
-    prior = _stack([algo.local_prior(m, j, sub) for m, j in zip(msgs, jobs)])
+    terms = _stack([algo.local_terms(m, j, sub) for m, j in zip(msgs, jobs)])
     model.train()
     step = vmap(grad_and_value(algo.local_loss))
     losses = []
@@ -329,7 +337,7 @@ def batched_client_updates(algo: LocalSGD, rt: ClientRuntime, msgs: list, jobs: 
             for batch in zip(*iters):
                 x = torch.stack([b[0] for b in batch])
                 y = torch.stack([b[1] for b in batch])
-                g, loss = step(params, x, y, prior)
+                g, loss = step(params, x, y, terms)
                 params = {n: params[n] - lr * g[n] for n in names}
                 losses.append(loss.detach())
     finally:

@@ -58,13 +58,13 @@ class FedDrop(FedAvg):
 
     def __init__(self, params, setup):
         super().__init__(params, setup)
-        self.layout = GroupMap(setup.model, prune_output=True)
-        self.hooks = GateHooks(self.layout)  # on the model clients train
-        self.subnets = Subnets(setup.model, self.layout)  # a client trains its sub-model's units only
+        self.group_map = GroupMap(setup.model, prune_output=True)
+        self.hooks = GateHooks(self.group_map)  # on the model clients train
+        self.subnets = Subnets(setup.model, self.group_map)  # a client trains its sub-model's units only
 
     def units(self, job) -> torch.Tensor:
         """Which units client ``job.s`` keeps this round: a fixed share per layer, drawn at random."""
-        p, layers = self.params, self.layout.layers
+        p, layers = self.params, self.group_map.layers
         gen = job.generator("drop")
         masks = []
         for k, layer in enumerate(layers):
@@ -78,10 +78,10 @@ class FedDrop(FedAvg):
 
     def receiver(self, job, sent=None) -> dict:
         # both ends draw the kept units from the seed; the server knows the values outside them
-        return {"layout": self.layout, "units": self.units(job), "base": None if sent is None else sent.values}
+        return {"group_map": self.group_map, "units": self.units(job), "base": None if sent is None else sent.values}
 
     def message_to(self, down, job) -> SubModel:
-        return SubModel(down.values, self.units(job), self.layout)
+        return SubModel(down.values, self.units(job), self.group_map)
 
     def client_update(self, msg: SubModel, job, rt) -> ClientResult:
         model, units = rt.model, msg.units.to(rt.device)
@@ -103,6 +103,6 @@ class FedDrop(FedAvg):
                                model=sub.model)
             w_s = sub.merge(msg.values)
         # the client's local model: its sub-model, the dropped units' own values zero (their outputs are 0)
-        local = w_s * self.layout.expand(units.to(w_s.dtype))
-        return ClientResult(SubModel(w_s, msg.units, self.layout), float(np.mean(losses)), local=local)
+        local = w_s * self.group_map.expand(units.to(w_s.dtype))
+        return ClientResult(SubModel(w_s, msg.units, self.group_map), float(np.mean(losses)), local=local)
 

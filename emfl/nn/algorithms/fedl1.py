@@ -52,25 +52,25 @@ class FedL1(FedAvg):
 
     def __init__(self, params, setup):
         super().__init__(params, setup)
-        self.layout = GroupMap(setup.model)
-        self.subnets = Subnets(setup.model, self.layout)  # a client trains only the units switched on
+        self.group_map = GroupMap(setup.model)
+        self.subnets = Subnets(setup.model, self.group_map)  # a client trains only the units switched on
 
     def receiver(self, job, sent=None) -> dict:
-        return {"layout": self.layout}  # places the group-sparse values
+        return {"group_map": self.group_map}  # places the group-sparse values
 
     def threshold(self, w: torch.Tensor, unsent_sq=None) -> tuple:
         """Eq. 25: ``(w with every unit of ||w_g|| <= lam switched off, the mask of the kept units)``;
         an off unit's own group and the weights that read it are zeroed.  ``unsent_sq``: the
         squares of each row's values that were not received (:meth:`GroupMap.unsent_sq`)."""
-        keep = (self.layout.norms(w, unsent_sq) > self.params.lam).float()
-        return w * self.layout.alive(keep), keep
+        keep = (self.group_map.norms(w, unsent_sq) > self.params.lam).float()
+        return w * self.group_map.alive(keep), keep
 
     def server_message(self, state: dict) -> tuple:
         # the surviving values and a mask bit per unit; per surviving unit, the sum of squares of
         # its dead inputs, so that the client's norms ||w_g|| (penalty and threshold) are the server's
         w, keep = self.threshold(state["w"])
-        return state, Bundle(w=GroupSparse(w, keep, self.layout),
-                             unsent=PerGroup(self.layout.unsent_sq(state["w"], keep), keep))
+        return state, Bundle(w=GroupSparse(w, keep, self.group_map),
+                             unsent=PerGroup(self.group_map.unsent_sq(state["w"], keep), keep))
 
     def start(self, msg: Bundle) -> torch.Tensor:
         return msg["w"].values
@@ -78,33 +78,33 @@ class FedL1(FedAvg):
     def structure(self, msg: Bundle) -> torch.Tensor:
         return msg["w"].mask  # the units switched off stay off: their own values and inputs are 0
 
-    def local_prior(self, msg: Bundle, job, sub=None) -> dict:
+    def local_terms(self, msg: Bundle, job, sub=None) -> dict:
         u = msg["unsent"].values.sqrt()
-        layout = self.layout if sub is None else sub.layout
+        group_map = self.group_map if sub is None else sub.group_map
         if sub is not None:
             u = u[sub.units]
-        return {"unsent": {l.name: u[a:b] for l, (a, b) in zip(layout.layers, layout.layer_slices)}}
+        return {"unsent": {l.name: u[a:b] for l, (a, b) in zip(group_map.layers, group_map.layer_slices)}}
 
-    def local_loss(self, p: dict, x, y, prior: dict):
+    def local_loss(self, p: dict, x, y, terms: dict):
         loss = self.data_loss(p, x, y)
-        for layer in self.layout.layers:  # Eq. 24: lam sum_g ||w_g||, the unsent inputs included
+        for layer in self.group_map.layers:  # Eq. 24: lam sum_g ||w_g||, the unsent inputs included
             wt = p[f"{layer.name}.weight"]
-            rows = torch.cat([wt.reshape(wt.shape[0], -1), prior["unsent"][layer.name].unsqueeze(1)], dim=1)
+            rows = torch.cat([wt.reshape(wt.shape[0], -1), terms["unsent"][layer.name].unsqueeze(1)], dim=1)
             loss = loss + self.params.lam * torch.linalg.vector_norm(rows, dim=1).sum()
         return loss
 
     def finish(self, msg, job, w_s: torch.Tensor, losses: list, rt) -> ClientResult:
         w_s, keep = self.threshold(w_s, msg["unsent"].values)
-        return ClientResult(GroupSparse(w_s, keep, self.layout), float(np.mean(losses)), local=w_s)  # the one sent
+        return ClientResult(GroupSparse(w_s, keep, self.group_map), float(np.mean(losses)), local=w_s)  # the one sent
 
     def m_step(self, state: dict, down, results: list) -> tuple:
         w = state["w"]
         total = torch.zeros_like(w)
         for r in results:  # differences to the server's own w; none where nothing was sent
-            unsent = (r.up.alive == 0) & ~self.layout.own_off(r.up.mask)
+            unsent = (r.up.alive == 0) & ~self.group_map.own_off(r.up.mask)
             total += torch.where(unsent, torch.zeros_like(w), w - r.up.values)
         w, opt = self.difference_step(state, total, len(results))
-        return {**state, "w": w, "opt": opt}, self.layout.sparsity(down["w"].mask)
+        return {**state, "w": w, "opt": opt}, self.group_map.sparsity(down["w"].mask)
 
     def server_model(self, state: dict) -> torch.Tensor:
         return self.threshold(state["w"])[0]  # the model the server sends (Eq. 25)

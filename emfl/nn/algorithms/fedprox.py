@@ -33,9 +33,9 @@ class FedProx(FedAvg):
     Params = Params
     EXAMPLE = {"lam": 0.5}
 
-    def local_prior(self, msg, job, sub=None) -> dict:
+    def local_terms(self, msg, job, sub=None) -> dict:
         return {"w": parameter_views(self.setup.model, msg.values)}  # the prior's mean: the server's w
 
-    def local_loss(self, p: dict, x, y, prior: dict):
+    def local_loss(self, p: dict, x, y, terms: dict):
         loss = self.data_loss(p, x, y)
-        return loss + 0.5 * self.params.lam * sum(((p[n] - prior["w"][n]) ** 2).sum() for n in p)
+        return loss + 0.5 * self.params.lam * sum(((p[n] - terms["w"][n]) ** 2).sum() for n in p)

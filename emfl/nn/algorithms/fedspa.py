@@ -13,7 +13,7 @@ FedSpa keeps the gates with the client and lets the server average only what eac
   ``alpha_t = alpha / 2 (1 + cos(pi t / T))`` of its active weights with the smallest magnitude is
   switched off and as many inactive ones with the largest dense gradient are switched on.
 * Client's message: the trained values at the mask it trained with, and the new mask (a bit per
-  maskable weight) when it changed.
+  maskable weight) when it changed; the server remembers it (``remember``) for the next message.
 * Server (M-step): each weight's mean difference over the clients whose mask held it, one step of
   the run's server optimiser on it (Adam at 1e-3 in the paper's protocol, as for every method here;
   with plain SGD at learning rate 1 each weight becomes the average of the clients that hold it);
@@ -28,9 +28,10 @@ local step; a weight pruned this round is not regrown in it (so every layer keep
 exactly); biases and every value outside conv and linear weights are held by every mask; the
 server averages the values the clients trained, not the regrown zeros.
 
-Each client's mask stays with the client between rounds, packed 8 weights a byte, and is part of
-the run's checkpoint (``d / 8`` bytes for each client that has taken part); a client never sampled
-has its initial mask, drawn again from its seed when needed.
+Each client's mask stays with the client between rounds (its memory) and the server keeps a copy
+from the replies (what it knows of the client), both packed 8 weights a byte and part of the run's
+checkpoint (``d / 8`` bytes each for each client that has taken part); a client never sampled has
+its initial mask, drawn again from its seed when needed.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from torch.nn import functional as F
 from emfl.nn.algorithms.base import Algorithm, ClientResult, local_sgd
 
 from emfl.nn.settings import check_whole, setting
-from emfl.nn.messages import Dense, Masked, pack_bits, unpack_bits
+from emfl.nn.messages import Bits, Bundle, Dense, Masked, pack_bits, unpack_bits
 from emfl.nn.models import layer_macs
 from emfl.nn.seeding import ClientJob
 from emfl.nn.state import load_state_vector, state_tensors, state_vector
@@ -140,11 +141,12 @@ class FedSpa(Algorithm):
             parts.append(m)
         return torch.cat(parts)
 
-    def mask_of(self, job) -> torch.Tensor:
-        """The client's current mask over the maskable weights: what it kept, or its first one."""
-        if job.memory is None:
-            return self.initial_mask(job.s)
-        return unpack_bits(job.memory, self.maskable)
+    def mask_of(self, packed, s: int) -> torch.Tensor:
+        """Client ``s``'s current mask over the maskable weights: ``packed`` (its last one, as
+        the client kept it or the server remembered it), or its first one when None."""
+        if packed is None:
+            return self.initial_mask(s)
+        return unpack_bits(packed, self.maskable)
 
     def spread(self, mask: torch.Tensor) -> torch.Tensor:
         """A mask over the maskable weights as a boolean over the state vector (everything else held)."""
@@ -179,7 +181,15 @@ class FedSpa(Algorithm):
 
     # ------------------------------------------------------------------ the protocol
     def message_to(self, down: Dense, job) -> Masked:
-        return Masked(down.values, self.spread(self.mask_of(job)))  # the server knows the mask
+        return Masked(down.values, self.spread(self.mask_of(job.known, job.s)))  # the server knows the mask
+
+    def remember(self, known, up: Bundle):
+        """The client's new mask, when its reply holds one; else what the server knew."""
+        return pack_bits(up["mask"].bits) if "mask" in up.parts else known
+
+    def receiver(self, job, sent=None) -> dict:
+        """The mask of the values: the client's own (client side), the one sent (server side)."""
+        return {"mask": self.spread(self.mask_of(job.memory, job.s)) if sent is None else sent.mask}
 
     def client_update(self, msg: Masked, job, rt) -> ClientResult:
         model = rt.model
@@ -203,20 +213,20 @@ class FedSpa(Algorithm):
         dense_grad = torch.cat([g.reshape(-1) for g in grads[0]]) if grads[0] else torch.zeros_like(w_s)
         T = self.params.anneal_rounds or self.setup.config.rounds
         new = self.moved(mask, w_s, dense_grad, prune_fraction(self.params.prune_alpha, job.rnd, T))
-        changed = not torch.equal(new, mask)
-        up = Masked(w_s, held, mask_bits=self.maskable if changed else 0)  # trained values, the new mask
+        # the trained values at the mask trained with; the new mask when it moved
+        up = Bundle(w=Masked(w_s, held)) if torch.equal(new, mask) else Bundle(w=Masked(w_s, held), mask=Bits(new))
         return ClientResult(up, float(np.mean(losses)), local=w_s, memory=pack_bits(new))
 
     def m_step(self, state: dict, down, results: list) -> tuple:
         w = state["w"]
         total, count = torch.zeros_like(w), torch.zeros_like(w)
         for r in results:
-            held = r.up.mask.to(w.dtype)
-            total += held * (w - r.up.values)
+            held = r.up["w"].mask.to(w.dtype)
+            total += held * (w - r.up["w"].values)
             count += held
         mean = total / count.clamp(min=1)  # per weight, over the clients that hold it
         step, opt = self.server_opt.update(mean, state["opt"])
-        density = float(np.mean([float(self.mask_density(r.up.mask)) for r in results]))
+        density = float(np.mean([float(self.mask_density(r.up["w"].mask)) for r in results]))
         return {**state, "w": w - step, "opt": opt}, {"density": density}
 
     def mask_density(self, held: torch.Tensor) -> float:

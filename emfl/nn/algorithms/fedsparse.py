@@ -131,33 +131,33 @@ class FedSparse(Algorithm):
     def __init__(self, params, setup):
         super().__init__(params, setup)
         ungated = tuple(n.strip() for n in params.ungated.split(",") if n.strip())
-        self.layout = GroupMap(setup.model, ungated=ungated)
-        self.hooks = GateHooks(self.layout)  # on the model clients train
-        self.subnets = Subnets(setup.model, self.layout)  # clients train only the surviving units
+        self.group_map = GroupMap(setup.model, ungated=ungated)
+        self.hooks = GateHooks(self.group_map)  # on the model clients train
+        self.subnets = Subnets(setup.model, self.group_map)  # clients train only the surviving units
         self.v_opt = V_OPTIMIZERS[params.v_opt](SERVER_V_LR)
 
     def receiver(self, job, sent=None) -> dict:
-        return {"layout": self.layout}  # places the group-sparse values
+        return {"group_map": self.group_map}  # places the group-sparse values
 
     def init(self, w: torch.Tensor) -> dict:
-        v = gates.init_threshold(self.layout.norms(w), self.params.theta0, T)  # theta = 0.99: a dense start
+        v = gates.init_threshold(self.group_map.norms(w), self.params.theta0, T)  # theta = 0.99: a dense start
         return {"w": w, "v": v, "opt": self.server_opt.init(w), "v_opt": self.v_opt.init(v)}
 
     def theta(self, w: torch.Tensor, v: torch.Tensor, unsent_sq=None) -> torch.Tensor:
         """``theta = sigmoid((||w_g|| - softplus(v_g)) / T)``: the prior's gate probabilities
         (``unsent_sq``: the squares a message left out of each row, see :meth:`GroupMap.unsent_sq`)."""
-        return gates.gate_prob(self.layout.norms(w, unsent_sq), v, T)
+        return gates.gate_prob(self.group_map.norms(w, unsent_sq), v, T)
 
     def logit(self, w: torch.Tensor, v: torch.Tensor, unsent_sq=None) -> torch.Tensor:
         """``(||w_g|| - softplus(v_g)) / T``: theta's logit (:func:`emfl.nn.gates.gate_logit`)."""
-        return gates.gate_logit(self.layout.norms(w, unsent_sq), v, T)
+        return gates.gate_logit(self.group_map.norms(w, unsent_sq), v, T)
 
     def prune(self, w: torch.Tensor, v: torch.Tensor) -> tuple:
         """``(I[theta > eps] w, I[theta > eps])``: the model with its pruned units' groups zeroed.
         The weights that read a pruned unit are dead (they multiply a zero); the server keeps them,
         since they are part of the norms ``||w_g||`` of the units that own them, but never sends them."""
         keep = (self.theta(w, v) > PRUNE).float()
-        return w * self.layout.expand(keep), keep
+        return w * self.group_map.expand(keep), keep
 
     # ------------------------------------------------------------------ Algorithm 1, before the clients
     def server_message(self, state: dict) -> tuple:
@@ -165,26 +165,26 @@ class FedSparse(Algorithm):
         state = {**state, "w": w}
         # the surviving values with a mask bit per unit; per surviving unit its threshold and the
         # sum of squares of its dead inputs, so that the client's norms ||w_g|| are the server's
-        return state, Bundle(w=GroupSparse(w, keep, self.layout), v=PerGroup(state["v"], keep),
-                             unsent=PerGroup(self.layout.unsent_sq(w, keep), keep))
+        return state, Bundle(w=GroupSparse(w, keep, self.group_map), v=PerGroup(state["v"], keep),
+                             unsent=PerGroup(self.group_map.unsent_sq(w, keep), keep))
 
     # ------------------------------------------------------------------ Algorithm 2
     def client_update(self, msg: Bundle, job, rt) -> ClientResult:
-        model, layout, lam0 = rt.model, self.layout, self.params.lam0
+        model, group_map, lam0 = rt.model, self.group_map, self.params.lam0
         w, v, unsent = msg["w"].values, msg["v"].values, msg["unsent"].values  # get w, v from the server
         logit = self.logit(w, v, unsent)
         theta = torch.sigmoid(logit)  # theta <- sigmoid((|w| - tau) / T)
         # the network the client computes: the units the server pruned left out (their values are
         # 0 and stay 0, emfl.nn.slicing); thresholds, gates and the prior stay per unit of the model
         sub = self.subnet(msg["w"].mask)
-        net, hooks, layers = (model, self.hooks, layout.layers) if sub is None else (sub.model, sub.hooks, sub.layout.layers)
+        net, hooks, layers = (model, self.hooks, group_map.layers) if sub is None else (sub.model, sub.hooks, sub.group_map.layers)
         load_state_vector(net, w if sub is None else sub.values(w))  # w_s, v_s <- w, v
         net.train()
         v_s = v.clone().requires_grad_(True)
         opt_v = V_OPTIMIZERS[self.params.v_opt](CLIENT_V_LR)
         v_state = [opt_v.init(v)]
         n_s = rt.num_examples(job.s) if self.params.sparse_reg == "example" else 1
-        slope = regulariser_slope(theta, layout.sizes.to(rt.device, theta.dtype), lam0, n_s, ce_scale=self.params.ce_scale,
+        slope = regulariser_slope(theta, group_map.sizes.to(rt.device, theta.dtype), lam0, n_s, ce_scale=self.params.ce_scale,
                                   logit=logit if self.params.theta_space == "logit" else None)
 
         def objective(x, y):  # for epoch e in 1..E, for batch b in B
@@ -209,9 +209,9 @@ class FedSparse(Algorithm):
         losses = local_sgd(rt, job, objective, model=net, after_step=threshold_step)
         with torch.no_grad():
             w_s = state_vector(model) if sub is None else sub.merge(w)
-            pi = gates.gate_prob(layout.norms(w_s, unsent), v_s, T)  # pi_s <- sigmoid((|w_s| - tau_s) / T)
+            pi = gates.gate_prob(group_map.norms(w_s, unsent), v_s, T)  # pi_s <- sigmoid((|w_s| - tau_s) / T)
             up = self.upload(w_s, pi, job.gen)
-            local = w_s * layout.expand(up.mask.to(w_s.dtype))  # the local model: the groups it switched on
+            local = w_s * group_map.expand(up.mask.to(w_s.dtype))  # the local model: the groups it switched on
             if self.params.v_grad == "pi":  # and pi_s of the surviving units, for Eq. 22's expectation
                 up = Bundle(w=up, pi=PerGroup(pi, msg["w"].mask))
         return ClientResult(up, float(np.mean(losses)), local=local, stats=(pi - theta).abs())
@@ -220,7 +220,7 @@ class FedSparse(Algorithm):
         """Algorithm 2's return: an exact sample ``z_s ~ Bern(pi_s)`` (the zero-temperature gate) and
         the values of ``w_s`` alive under it."""
         z = torch.bernoulli(pi.detach().cpu(), generator=gen).to(w_s.device)  # z_s ~ q_pi(z_s)
-        return GroupSparse(w_s, z, self.layout)  # return z_s, z_s * w_s
+        return GroupSparse(w_s, z, self.group_map)  # return z_s, z_s * w_s
 
     # ------------------------------------------------------------------ Algorithm 1, after the clients
     def m_step(self, state: dict, down, results: list) -> tuple:
@@ -241,4 +241,4 @@ class FedSparse(Algorithm):
         w, keep = self.prune(w, v)  # the server model is always the pruned one
         tv = torch.stack([r.stats for r in results])
         return ({"w": w, "v": v, "opt": opt, "v_opt": v_opt},
-                {**self.layout.sparsity(keep), "tv_mean": float(tv.mean()), "tv_max": float(tv.max())})
+                {**self.group_map.sparsity(keep), "tv_mean": float(tv.mean()), "tv_max": float(tv.max())})

@@ -50,12 +50,12 @@ class Scaffold(LocalSGD):
         """The client's ``c_i``: what it kept from its last round, zero the first time."""
         return job.memory if job.memory is not None else torch.zeros_like(msg["c"].values)
 
-    def local_prior(self, msg: Bundle, job, sub=None) -> dict:
+    def local_terms(self, msg: Bundle, job, sub=None) -> dict:
         return {"correction": parameter_views(self.setup.model, msg["c"].values - self.client_variate(msg, job))}
 
-    def local_loss(self, p: dict, x, y, prior: dict):
+    def local_loss(self, p: dict, x, y, terms: dict):
         loss = self.data_loss(p, x, y)  # its gradient is g_i(y); the linear term adds c - c_i
-        return loss + sum((prior["correction"][n] * p[n]).sum() for n in p)
+        return loss + sum((terms["correction"][n] * p[n]).sum() for n in p)
 
     def finish(self, msg: Bundle, job, y: torch.Tensor, losses: list, rt) -> ClientResult:
         x, c, c_i = msg["w"].values, msg["c"].values, self.client_variate(msg, job)
