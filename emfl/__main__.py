@@ -260,6 +260,10 @@ def main(argv=None) -> int:
     exe.add_argument("notebooks", nargs="*", help="students' notebooks to execute and grade (none: list the exercises)")
     exe.add_argument("--timeout", type=int, default=1200, help="seconds a cell may run")
     exe.set_defaults(func=_exercises)
+    grd = sub.add_parser("grade", help="execute students' notebooks in fresh kernels and tally their checks' verdicts")
+    grd.add_argument("notebooks", nargs="+", help="students' notebooks to execute and grade")
+    grd.add_argument("--timeout", type=int, default=1200, help="seconds a cell may run")
+    grd.set_defaults(func=_exercises)
     inf = sub.add_parser("info-flow", help="a FedAvg run with information probes (tutorial 08): the tanh network on "
                          "the 12-bit task, or a short LeNet-5 run on FEMNIST or CIFAR-10",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -8,11 +8,11 @@ to bottom as they are handed out.  The solutions live outside the notebooks, in 
 ``tests/test_exercises.py`` runs every check on its solution (it must pass) and on typical wrong
 answers (each must fail, with its hint).
 
-Why plain check functions rather than nbgrader: nbgrader needs a course server (its formgrader,
-release and collect steps) and a student who works inside it; these notebooks are also opened
-on Binder, on Colab and in a plain JupyterLab, where a function is all there is.  An instructor
-who grades collects the notebooks and runs ``python -m emfl exercises NOTEBOOK.ipynb ...``, which
-executes each one and tallies its checks (:func:`grade`).
+The checks are plain functions, so the notebooks work wherever they are opened (Binder, a plain
+JupyterLab).  An instructor who grades collects the notebooks and runs ``python -m emfl grade
+NOTEBOOK.ipynb ...``, which executes each one in a fresh kernel and tallies the verdicts the
+checks themselves recorded (:func:`grade`): what a notebook prints counts for nothing, so a
+``print("[x] Exercise 1.1: right")`` passes no exercise.
 
 A check computes the right answer its own way (a closed form, a library routine the notebook
 has already checked, a simulation) and compares; when it can tell which mistake was made (a sum
@@ -21,10 +21,26 @@ for a mean, a missing prior term), the hint names the idea to revisit.
 
 from __future__ import annotations
 
+import json
+import os
+
 from emfl import _exercises_more, _exercises_nn, _exercises_toy  # noqa: F401 (they register the checks)
 from emfl._exercise_kit import EXERCISES, Exercise, NotAnswered, Verdict, exercise, not_answered, order  # noqa: F401
 
-__all__ = ["check", "grade"]
+__all__ = ["check", "grade", "GRADE_LOG", "GRADE_TOKEN"]
+
+GRADE_LOG = "EMFL_GRADE_LOG"  # environment: the file check() appends its verdicts to while a notebook is graded
+GRADE_TOKEN = "EMFL_GRADE_TOKEN"  # environment: the grader's token for this run, written with every verdict
+
+
+def _record(verdict: Verdict) -> Verdict:
+    """Append ``verdict`` to the grader's log, when a notebook is being graded."""
+    path = os.environ.get(GRADE_LOG)
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"token": os.environ.get(GRADE_TOKEN, ""), "exercise": verdict.exercise,
+                                "ok": verdict.ok, "answered": verdict.answered, "message": verdict.message}) + "\n")
+    return verdict
 
 
 def check(number: str, answer, **context) -> Verdict:
@@ -44,13 +60,14 @@ def check(number: str, answer, **context) -> Verdict:
             verdict = Verdict(ex.number, False, "Replace the ... in the function's body with your code.", False)
         except Exception as err:  # the student's code raised: say so, as a hint
             verdict = Verdict(ex.number, False, f"your answer raised {type(err).__name__}: {err}")
-    return verdict
+    return _record(verdict)
 
 
 def grade(paths, timeout: int = 1200) -> list:
-    """Execute each notebook (a student's copy) and return ``[(path, {exercise: Verdict})]``: the
-    last verdict of every check it ran."""
-    import json
+    """Execute each notebook (a student's copy) in a fresh kernel and return ``[(path, {exercise:
+    Verdict})]``: the last verdict of every check it ran, as the check recorded it (not as
+    anything printed it)."""
+    import secrets
     import subprocess
     import sys
     import tempfile
@@ -62,23 +79,22 @@ def grade(paths, timeout: int = 1200) -> list:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such notebook")
         with tempfile.TemporaryDirectory() as tmp:
-            done = Path(tmp) / path.name
+            done, log, token = Path(tmp) / path.name, Path(tmp) / "verdicts.jsonl", secrets.token_hex(16)
+            env = {**os.environ, GRADE_LOG: str(log), GRADE_TOKEN: token}
             proc = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
                                    "--allow-errors", f"--ExecutePreprocessor.timeout={timeout}",
                                    "--output", str(done), str(path)],
-                                  capture_output=True, text=True, cwd=path.parent)
+                                  capture_output=True, text=True, cwd=path.parent, env=env)
             if proc.returncode or not done.exists():
                 raise RuntimeError(f"{path} could not be executed:\n{proc.stderr[-2000:]}")
-            nb = json.loads(done.read_text())
-        verdicts = {}
-        for cell in nb["cells"]:
-            for output in cell.get("outputs", []):
-                text = "".join(output.get("text", "")) + "".join(output.get("data", {}).get("text/plain", ""))
-                for line in text.splitlines():
-                    line = line.strip().strip("'\"")
-                    for mark, ok, answered in (("[x] ", True, True), ("[!] ", False, True), ("[ ] ", False, False)):
-                        if line.startswith(mark + "Exercise "):
-                            number, message = line[len(mark) + 9:].split(":", 1)
-                            verdicts[number] = Verdict(number, ok, message.strip(), answered)
+            verdicts = {}
+            for line in log.read_text(encoding="utf-8").splitlines() if log.exists() else []:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue  # not a line check() wrote
+                if isinstance(rec, dict) and rec.get("token") == token:
+                    verdicts[rec["exercise"]] = Verdict(rec["exercise"], bool(rec["ok"]), rec["message"],
+                                                        bool(rec["answered"]))
         out.append((path, verdicts))
     return out
