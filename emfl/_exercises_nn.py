@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from emfl._exercise_kit import call_answer, choice, close, exercise, shape_problem
+from emfl._exercise_kit import as_count, as_number, as_pair, call_answer, choice, close, exercise
 
 GIB = 2**30
 
@@ -15,8 +15,9 @@ GIB = 2**30
 def _classic_gib(answer):
     from emfl.nn import models
 
-    if isinstance(answer, bool) or not isinstance(answer, (int, float, np.number)):
-        return False, f"answer with a number of GiB; you gave {answer!r}."
+    if (problem := _number(answer, "a number of GiB")) is not None:
+        return False, problem
+    answer = as_number(answer)
     d = models.num_parameters(models.make_model("lenet5-classic", (3, 32, 32), 10))
     right = 10 * 2 * 4 * d * 1000 / GIB
     if abs(answer - right) <= 0.005 * right:
@@ -27,8 +28,8 @@ def _classic_gib(answer):
                          (0.25, "4 bytes a float32 value.")):
         if abs(answer - factor * right) <= 0.005 * right * max(factor, 1):
             return False, hint
-    return False, ("count the model's parameters (models.num_parameters), then 10 clients x (down + up) x 4 bytes x "
-                   "1,000 rounds, in GiB (2^30 bytes).")
+    return False, ("count the model's parameters (models.num_parameters), then what every round sends: to and from "
+                   "each of its clients, at 4 bytes a value; in GiB (2^30 bytes).")
 
 
 @exercise("3b.2", "predict: how uneven are the shards at alpha = 10?")
@@ -61,22 +62,27 @@ def _adam(adam_step):
     mine = (w.clone(), torch.zeros(6), torch.zeros(6), 0)
     for step in range(3):
         g = torch.randn(6, generator=gen)
-        got = call_answer(adam_step, mine[0].clone(), g.clone(), mine[1].clone(), mine[2].clone(), mine[3])
-        if not isinstance(got, tuple) or len(got) != 4:
+        got = as_pair(call_answer(adam_step, mine[0].clone(), g.clone(), mine[1].clone(), mine[2].clone(), mine[3]), 4)
+        if got is None:
             return False, "return (w, m, v, t): the new weights, both moments and the step count."
         delta, state = opt.update(g, state)
         w = w - delta
         gw, gm, gv, gt = got
-        if int(gt) != step + 1:
+        if as_count(gt) != step + 1:
             return False, "t counts the steps taken: 1 after the first."
         if not close(gm, state[0], rtol=1e-5) or not close(gv, state[1], rtol=1e-5):
-            return False, "the moments: m = b1 m + (1 - b1) g and v = b2 v + (1 - b2) g^2."
+            return False, ("the moments are off: m and v are exponential moving averages, of g and of g^2, with "
+                           "weights b1 and b2 on the old values.")
         if not close(gw, w, rtol=1e-5, atol=1e-7):
-            plain = mine[0] - 1e-3 * gm / (torch.as_tensor(gv).sqrt() + 1e-8)
+            gm_t, gv_t = (torch.as_tensor(np.asarray(x, dtype=np.float32)) if not torch.is_tensor(x) else x
+                          for x in (gm, gv))
+            plain = mine[0] - 1e-3 * gm_t / (gv_t.sqrt() + 1e-8)
             if close(gw, plain, rtol=1e-5, atol=1e-7):
-                return False, "divide the moments by 1 - b1^t and 1 - b2^t (bias correction) before the step."
-            return False, "the step is lr m_hat / (sqrt(v_hat) + eps), subtracted from w."
-        mine = (torch.as_tensor(gw), torch.as_tensor(gm), torch.as_tensor(gv), int(gt))
+                return False, ("the moments start at 0, so early on they are too small: Adam's bias correction "
+                               "undoes that before the step.")
+            return False, "the moments are right but the new w is not: check the step's sign, lr and where eps goes."
+        mine = tuple(torch.as_tensor(np.asarray(x, dtype=np.float32)) if not torch.is_tensor(x) else x
+                     for x in (gw, gm, gv)) + (as_count(gt),)
     return True, "right: the same three steps as the engine's server optimiser (emfl.optim.adam)."
 
 
@@ -98,8 +104,9 @@ def _one_filter(answer):
     from emfl.nn.models import make_model
     from emfl.nn.state import state_vector
 
-    if isinstance(answer, bool) or not isinstance(answer, (int, np.integer)):
-        return False, f"answer with a whole number of bytes; you gave {answer!r}."
+    answer = as_count(answer)
+    if answer is None:
+        return False, "answer with a whole number of bytes."
     model = make_model("lenet5", (3, 32, 32), 10)
     group_map = GroupMap(model)
     keep = torch.ones(group_map.num_groups)
@@ -115,23 +122,24 @@ def _one_filter(answer):
         return False, "the weights of fc1 that read the pruned filter are dead too: it outputs zeros at all 25 positions."
     if int(answer) == 4 * 878_538:
         return False, "that is the dense model alone; FedSparse sends less of it and some numbers per unit."
-    return False, ("values alive x 4 bytes, plus per surviving unit a threshold and an unsent norm (4 bytes each), "
-                   "plus one mask bit per unit, rounded up to whole bytes.")
+    return False, ("count what the download holds: the values still alive, what each surviving unit carries "
+                   "besides its values, and the mask, in whole bytes.")
 
 
 # --------------------------------------------------------------------------- 05 · FedSparse on CIFAR-10
 
 
 def _number(answer, what: str):
-    if isinstance(answer, bool) or not isinstance(answer, (int, float, np.integer, np.floating)):
+    if as_number(answer) is None:
         return f"answer with {what}; you gave {answer!r}."
     return None
 
 
 @exercise("5.1", "when FedL1 first prunes a unit")
 def _fedl1_first(answer, runs):
-    if (problem := _number(answer, "a round number")) is not None:
-        return False, problem
+    answer = as_count(answer)
+    if answer is None:
+        return False, "answer with a round number, a whole number."
     recs = runs["FedL1"]["records"]
     right = next((r["round"] for r in recs if r.get("sparsity", 0) > 0), None)
     if right is None:
@@ -142,7 +150,7 @@ def _fedl1_first(answer, runs):
         return False, "at that round the record still says sparsity 0.0: look for the first record whose sparsity is above 0."
     if int(answer) == recs[-1]["round"]:
         return False, "that is the run's last round; the first round with sparsity above 0 comes much earlier."
-    return False, "later than the first: the records are every 10 rounds, find the first whose sparsity is above 0."
+    return False, "later than the first: the records come every 10 rounds; find the first whose sparsity is above 0."
 
 
 @exercise("5.2", "why FedL1 prunes nothing for a hundred rounds")
@@ -160,6 +168,7 @@ def _fedl1_why(answer):
 def _download_from_sparsity(answer, runs):
     if (problem := _number(answer, "a number of bytes")) is not None:
         return False, problem
+    answer = as_number(answer)
     doc = runs["FedSparse mid"]
     a, b = doc["records"][-2], doc["records"][-1]
     right = (b["bytes_down"] - a["bytes_down"]) / (b["round"] - a["round"])  # what a round sent, measured
@@ -177,7 +186,7 @@ def _download_from_sparsity(answer, runs):
                         (40 * b["sparsity"] * d, "the sparsity is the share pruned; what is sent is the rest.")):
         if abs(answer - wrong) <= 0.01 * abs(wrong):
             return False, hint
-    return False, "(1 - sparsity) x the model's parameters x 4 bytes, to each of the round's 10 clients."
+    return False, "what is alive of the model, at 4 bytes a value, to each of the round's clients."
 
 
 @exercise("5.4", "is FedSparse's accuracy gap larger than the seed spread?")
@@ -186,6 +195,7 @@ def _seed_gap(answer, seeds, rnd=200):
 
     if (problem := _number(answer, "a number of percentage points")) is not None:
         return False, problem
+    answer = as_number(answer)
     a = seed_spread(seeds["FedAvg"], rnd)
     s = seed_spread(seeds["FedSparse mid"], rnd)
     right = 100 * (a["mean"] - s["mean"])
@@ -246,6 +256,7 @@ def _switch_over(answer):
 
     if (problem := _number(answer, "a value of lam0")) is not None:
         return False, problem
+    answer = as_number(answer)
     theta = torch.tensor([1.0])  # a saturated gate, as float32 stores it
     size = torch.tensor([3.0 * 5 * 5 + 1])  # a conv1 filter: its weights and its bias
 
@@ -268,7 +279,7 @@ def _switch_over(answer):
                         (right * 76 / 801, "that is a conv2 filter's size; a conv1 filter reads 3 channels x 5 x 5.")):
         if abs(answer - wrong) <= 0.002 * wrong:
             return False, hint
-    return False, "set c_g = (lam0 |g| - 1e-4 logit(theta_g)) / N_s to zero for a conv1 filter with a saturated theta."
+    return False, "where does the regulariser's slope c_g change sign, for a conv1 filter whose theta is saturated?"
 
 
 # --------------------------------------------------------------------------- 06 · FedSparse on FEMNIST
@@ -280,6 +291,7 @@ def _fedavg_6000(answer):
 
     if (problem := _number(answer, "a number of GiB")) is not None:
         return False, problem
+    answer = as_number(answer)
     d = models.num_parameters(models.make_model("lenet5", (1, 28, 28), 62))
     right = 2 * 10 * 4 * d * 6000 / GIB
     if abs(answer - right) <= 0.005 * right:
@@ -291,7 +303,7 @@ def _fedavg_6000(answer):
                          (0.25, "4 bytes a float32 value.")):
         if abs(answer - factor * right) <= 0.005 * right * max(factor, 1):
             return False, hint
-    return False, "the model's parameters x 4 bytes x 10 writers x 2 directions x 6,000 rounds, in GiB (2^30 bytes)."
+    return False, "count the model's parameters, then what a round sends to and from its writers, at 4 bytes a value, in GiB."
 
 
 @exercise("6.2", "extrapolate a run's communication")
@@ -306,20 +318,26 @@ def _extrapolate(extrapolate):
                          "cum_gib": total / 2**30, "global_acc": 0.5, "local_acc": 0.5})
         return {"config": {"algo": "fedsparse", "rounds": 100 * len(rates)}, "records": recs}
 
-    case = doc([9.0, 6.0, 5.0, 5.0])  # the rate settles after 200 rounds
-    got = call_answer(extrapolate, case, 1000)
-    right = (100 * (9 + 6 + 5 + 5) + 600 * 5) / 1024
-    if close(got, right, rtol=1e-9):
-        flat = doc([4.0, 4.0])
-        if not close(call_answer(extrapolate, flat, 600), (800 + 400 * 4) / 1024, rtol=1e-9):
-            return False, "with a constant rate the extrapolation is the last total plus rate x rounds left."
-        return True, "right: the last total plus the last interval's rate for every round still to come."
-    if close(got, 25 * 1000 / 4 / 1024, rtol=1e-9):
-        return False, ("that is the mean rate since round 0, which counts the early rounds before the sparsity "
-                       "settled; use the rate of the last interval.")
-    if close(got, right * 1024 / 1000, rtol=1e-6):
-        return False, "the answer is in GiB (2^30 bytes), the unit of cum_gib."
-    return False, "GiB at the last record, plus (bytes of the last interval / its rounds) x (rnd - last round), in GiB."
+    # (MiB a round in each 100-round interval, the round to extrapolate to); the rate falls, then settles
+    for rates, rnd in (([9.0, 7.0, 6.0, 5.0], 1000), ([4.0, 4.0], 600), ([3.0, 8.0, 2.0], 450)):
+        case = doc(rates)
+        got = call_answer(extrapolate, case, rnd)
+        if as_number(got) is None:
+            return False, f"return one number of GiB; got {got!r}."
+        last, left = 100 * len(rates), rnd - 100 * len(rates)
+        total = 100 * sum(rates)  # MiB
+        right = (total + left * rates[-1]) / 1024
+        if close(got, right):
+            continue
+        if close(got, total / last * rnd / 1024):
+            return False, ("that is the mean rate since round 0, which counts the early rounds before the sparsity "
+                           "settled; use the rate of the last interval.")
+        if close(got, total / 1024 + left * rates[-1] * mib / 1e9):
+            return False, "the answer is in GiB (2^30 bytes), the unit of cum_gib."
+        if close(got, total / 1024):
+            return False, "that is the total so far: add what the rounds still to come will send."
+        return False, "carry the rate of the last interval between two records on to round rnd, and answer in GiB."
+    return True, "right: the last total plus the last interval's rate for every round still to come."
 
 
 @exercise("6.3", "why local accuracy overtakes global accuracy")
@@ -336,6 +354,7 @@ def _local_overtakes(answer):
 def _writers_reached(answer, writers=3597, rounds=2000, per_round=10):
     if (problem := _number(answer, "a number of writers")) is not None:
         return False, problem
+    answer = as_number(answer)
     right = writers * (1 - (1 - per_round / writers) ** rounds)  # each writer is left out of a round w.p. 1 - 10/N
     if abs(answer - right) <= 5:
         return True, (f"right: about {right:.0f} of {writers:,}; a writer is missed by all {rounds:,} rounds with "
