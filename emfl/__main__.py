@@ -214,6 +214,21 @@ def _exercises(args) -> int:
     return 0
 
 
+def _assignments(args) -> int:
+    from emfl.assignments import SolutionError, make_course
+
+    try:
+        made = make_course(args.out, only=args.only)
+    except (FileNotFoundError, SolutionError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for name, numbers in made.items():
+        print(f"{args.out}/source/{name}: exercises {', '.join(numbers)}")
+    print(f"then, in {args.out}: nbgrader generate_assignment NAME; collect into submitted/<student>/NAME/; "
+          "nbgrader autograde NAME; nbgrader export")
+    return 0
+
+
 def _info_flow(args) -> int:
     from emfl.nn.probes import info_flow
     from emfl.nn.runner import write_json_atomic
@@ -260,6 +275,11 @@ def main(argv=None) -> int:
     exe.add_argument("notebooks", nargs="*", help="students' notebooks to execute and grade (none: list the exercises)")
     exe.add_argument("--timeout", type=int, default=1200, help="seconds a cell may run")
     exe.set_defaults(func=_exercises)
+    asg = sub.add_parser("assignments", help="write the tutorials as an nbgrader course (solutions between "
+                         "nbgrader's markers, the checks as autograded cells)")
+    asg.add_argument("out", help="the course folder to write (its source/ and nbgrader_config.py)")
+    asg.add_argument("--only", nargs="*", help="notebook prefixes to include (e.g. 01 04; default: all with exercises)")
+    asg.set_defaults(func=_assignments)
     grd = sub.add_parser("grade", help="execute students' notebooks in fresh kernels and tally their checks' verdicts")
     grd.add_argument("notebooks", nargs="+", help="students' notebooks to execute and grade")
     grd.add_argument("--timeout", type=int, default=1200, help="seconds a cell may run")

@@ -371,6 +371,6 @@ def _frozen_gates(answer):
     return choice(answer, "a", "abc",
                    {"b": "the server sends its thresholds with the surviving units every round.",
                     "c": "lam0 is constant through the run; nothing anneals it."},
-                   "With T = 1e-3 a unit's theta_g is exactly 0 or 1 in float32 once its norm is about 0.02 from "
-                   "its threshold: no gradient reaches the threshold, |pi_s - theta| is exactly 0, and the "
-                   "architecture stays as the first rounds left it.")
+                   "With T = 1e-3 a kept unit's theta_g is exactly 1 in float32 once its norm is about 0.017 above "
+                   "its threshold, and a unit whose theta_g falls to 0.1 is pruned: no gradient reaches the "
+                   "threshold, |pi_s - theta| is exactly 0, and the architecture stays as the first rounds left it.")
