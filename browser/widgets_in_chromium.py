@@ -4,8 +4,9 @@ against the JupyterLab that ``./dev tutorials`` serves.
 For each notebook (01 and 04 unless named on the command line), on a temporary copy of
 ``tutorials/`` so that the committed notebooks never change:
 
-1. opened as saved, before anything runs: the slider cell shows the line "Run this cell to use
-   the sliders (...)" and the figure, never the widget's text form ``VBox(children=...``;
+1. opened as saved, before anything runs: the slider cell shows the line "Run the notebook from
+   the top down to this cell (...), then this cell, to use the controls (...)" and the figure,
+   never the widget's text form ``VBox(children=...``;
 2. Run > Run All Cells: every code cell runs, in order, and none ends in an error;
 3. the panel: exactly one figure, every slider label shown whole;
 4. the named slider moved with the arrow keys, a few times: each move changes the figure within
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-NOTE = "Run this cell to use the sliders"
+NOTE = "then this cell, to use the controls"
 REDRAW_LIMIT_S = 2.0
 
 

@@ -80,7 +80,8 @@ def grade(paths, timeout: int = 1200) -> list:
             raise FileNotFoundError(f"{path}: no such notebook")
         with tempfile.TemporaryDirectory() as tmp:
             done, log, token = Path(tmp) / path.name, Path(tmp) / "verdicts.jsonl", secrets.token_hex(16)
-            env = {**os.environ, GRADE_LOG: str(log), GRADE_TOKEN: token}
+            # the slider panels draw once, without a live output widget nobody watches
+            env = {**os.environ, GRADE_LOG: str(log), GRADE_TOKEN: token, "EMFL_STATIC_PANELS": "1"}
             proc = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
                                    "--allow-errors", f"--ExecutePreprocessor.timeout={timeout}",
                                    "--output", str(done), str(path)],

@@ -212,7 +212,8 @@ class SliderPanel:
 
     def note(self) -> str:
         """The line shown in place of the sliders on a page whose cell has not been run."""
-        return f"Run this cell to use the sliders ({', '.join(self.labels())})."
+        return (f"Run the notebook from the top down to this cell (Run All Above Selected Cell, in the Run menu), "
+                f"then this cell, to use the controls ({', '.join(self.labels())}).")
 
     def render(self, **values) -> bytes:
         """Redraw at ``values`` and return the PNG bytes a slider move displays."""

@@ -70,7 +70,9 @@ def test_the_course_holds_every_exercise_once(tmp_path):
 
 
 def _nbgrader(course: Path, *args):
-    env = {**os.environ, "EMFL_FIGURES_DIR": str(course / "figures")}
+    # nbgrader runs `alembic` from PATH: the environment's own scripts first, as an activated one has them
+    env = {**os.environ, "EMFL_FIGURES_DIR": str(course / "figures"),
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     proc = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=course, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -155,7 +155,8 @@ def test_flower_stays_an_optional_extra():
     assert out.stdout.strip() == "False"
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert any(r.startswith("flwr") for r in extras["flower"])
-    assert "'.[test,flower]'" in (ROOT / "dev").read_text()  # the test command installs it
+    assert "'.[test,flower,course]'" in (ROOT / "dev").read_text()  # the test command installs it (and nbgrader)
+    assert any(r.startswith("nbgrader") for r in extras["course"])
 
 
 @pytest.mark.numeric

@@ -67,9 +67,9 @@ def test_panel_reads_before_its_cell_is_run(fedsparse_panel):
     panel.render(lam0=1e4, lam=0.0, ce_scale=1.0)  # a redraw elsewhere leaves the shown figure alone
     bundle, _ = DisplayFormatter().format(panel)  # what IPython sends when a cell ends in `panel`
     assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == panel.widget.model_id
-    assert bundle["text/plain"] == "Run this cell to use the sliders (lambda0, lambda, ce_scale)."
+    assert bundle["text/plain"] == "Run the notebook from the top down to this cell (Run All Above Selected Cell, in the Run menu), then this cell, to use the controls (lambda0, lambda, ce_scale)."
     html = bundle["text/html"]
-    assert html.startswith("<p>Run this cell to use the sliders (lambda0, lambda, ce_scale).")
+    assert html.startswith("<p>Run the notebook from the top down to this cell (Run All Above Selected Cell, in the Run menu), then this cell, to use the controls (lambda0, lambda, ce_scale).")
     assert "lambda0 = 5, lambda = 1, ce_scale = 0.0001" in html
     assert f'src="data:image/png;base64,{base64.b64encode(png).decode()}"' in html
     assert "VBox" not in bundle["text/plain"] + html
@@ -84,4 +84,4 @@ def test_labels_are_never_cut(fedsparse_panel):
 def test_the_note_names_unlabelled_controls_by_their_keyword():
     panel = panels.SliderPanel(lambda axes, K: axes[0].plot([0, K]), K=W.IntSlider(value=2, min=1, max=9))
     assert panel.labels() == ["K"]
-    assert panel.note() == "Run this cell to use the sliders (K)."
+    assert panel.note() == "Run the notebook from the top down to this cell (Run All Above Selected Cell, in the Run menu), then this cell, to use the controls (K)."
