@@ -28,7 +28,9 @@ import re
 import textwrap
 from pathlib import Path
 
-__all__ = ["make_course", "assignment_notebook", "CHECK", "SolutionError"]
+from emfl.panels import STATIC
+
+__all__ = ["make_course", "assignment_notebook", "load_solutions", "CHECK", "SolutionError"]
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECK = re.compile(r'^(?:print\()?exercises\.check\("(?P<n>[0-9a-z.]+)",\s*(?P<name>[A-Za-z_]\w*)')
@@ -38,7 +40,9 @@ class SolutionError(ValueError):
     """An exercise cell this module cannot turn into nbgrader's form."""
 
 
-def _solutions(path: Path) -> dict:
+def load_solutions(path) -> dict:
+    """The ``ANSWERS`` of a solutions file (``solutions/exNN.py``): exercise number -> solution."""
+    path = Path(path)
     spec = importlib.util.spec_from_file_location(f"emfl_solutions_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -121,7 +125,7 @@ CONFIG = '''# the nbgrader configuration of the emfl course (written by `python 
 c = get_config()  # noqa: F821
 import os  # noqa: E402
 
-os.environ["EMFL_STATIC_PANELS"] = "1"  # the panels draw their figure once; no live widget output to wait for
+os.environ[{static!r}] = "1"  # the panels draw their figure once; no live widget output to wait for
 c.CourseDirectory.course_id = "emfl"
 c.CourseDirectory.root = {root!r}
 c.ClearSolutions.code_stub = {{"python": "# YOUR CODE HERE\\nraise NotImplementedError()"}}
@@ -146,7 +150,7 @@ def make_course(out, tutorials=None, solutions=None, only=None) -> dict:
         sol = solutions / f"ex{prefix}.py"
         if not sol.exists():
             continue
-        nb, numbers = assignment_notebook(json.loads(path.read_text()), _solutions(sol))
+        nb, numbers = assignment_notebook(json.loads(path.read_text()), load_solutions(sol))
         if not numbers:
             continue
         target = out / "source" / path.stem / path.name
@@ -155,5 +159,5 @@ def make_course(out, tutorials=None, solutions=None, only=None) -> dict:
         made[path.stem] = numbers
     if not made:
         raise ValueError(f"no tutorial with exercises matched {only!r}")
-    (out / "nbgrader_config.py").write_text(CONFIG.format(root=str(out.resolve())))
+    (out / "nbgrader_config.py").write_text(CONFIG.format(root=str(out.resolve()), static=STATIC))
     return made

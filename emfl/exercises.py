@@ -26,6 +26,7 @@ import os
 
 from emfl import _exercises_more, _exercises_nn, _exercises_toy  # noqa: F401 (they register the checks)
 from emfl._exercise_kit import EXERCISES, Exercise, NotAnswered, Verdict, exercise, not_answered, order  # noqa: F401
+from emfl.panels import STATIC
 
 __all__ = ["check", "grade", "GRADE_LOG", "GRADE_TOKEN"]
 
@@ -81,7 +82,7 @@ def grade(paths, timeout: int = 1200) -> list:
         with tempfile.TemporaryDirectory() as tmp:
             done, log, token = Path(tmp) / path.name, Path(tmp) / "verdicts.jsonl", secrets.token_hex(16)
             # the slider panels draw once, without a live output widget nobody watches
-            env = {**os.environ, GRADE_LOG: str(log), GRADE_TOKEN: token, "EMFL_STATIC_PANELS": "1"}
+            env = {**os.environ, GRADE_LOG: str(log), GRADE_TOKEN: token, STATIC: "1"}
             proc = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
                                    "--allow-errors", f"--ExecutePreprocessor.timeout={timeout}",
                                    "--output", str(done), str(path)],

@@ -2,7 +2,6 @@
 with a hint, and treats an answer still as handed out as not answered."""
 
 import functools
-import importlib.util
 import json
 import math
 import re
@@ -13,15 +12,13 @@ import pytest
 
 import emfl
 from emfl import exercises
+from emfl.assignments import load_solutions
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def solutions(notebook: str):
-    spec = importlib.util.spec_from_file_location(f"ex{notebook}", ROOT / "solutions" / f"ex{notebook}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.ANSWERS
+    return load_solutions(ROOT / "solutions" / f"ex{notebook}.py")
 
 
 def toy01():

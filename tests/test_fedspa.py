@@ -124,6 +124,21 @@ def test_a_client_never_sampled_keeps_its_first_mask_and_masks_resume_from_the_c
     assert all(m.dtype == torch.uint8 and m.numel() == math.ceil(e.algorithm.maskable / 8) for m in memory.values())
 
 
+def test_a_checkpoint_without_the_servers_masks_is_refused():
+    data = tiny_federation(clients=4, n=16, m=4)
+    e = _engine(data, density=0.5)
+    e.run_round()
+    state = e.state_dict()
+    del state["known"]  # a checkpoint written before the server kept the clients' masks
+    with pytest.raises(ValueError, match="start the run again without --resume"):
+        _engine(data, density=0.5).load_state_dict(state)
+    fedavg = Engine(RunConfig(algo="fedavg", model="lenet5-classic", clients_per_round=2, batch_size=8), data)
+    old = fedavg.state_dict()
+    del old["known"]  # an algorithm whose server keeps nothing of its clients reads it as before
+    fedavg.load_state_dict(old)
+    assert fedavg.known == {}
+
+
 def test_fedspa_bad_input():
     with pytest.raises(ValueError, match="density must be in"):
         RunConfig(algo="fedspa", density=0.0)

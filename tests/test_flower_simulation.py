@@ -33,6 +33,25 @@ def test_waves_give_each_node_one_client_at_a_time():
     assert waves(sent, node=lambda m: m[0]) == [[(5, "a"), (7, "b")], [(5, "c"), (7, "e")], [(5, "d")]]
 
 
+def test_a_nodes_memory_of_a_client_is_a_tensor_or_a_dict_of_tensors():
+    import torch
+    from types import SimpleNamespace
+
+    from flwr.app import RecordDict
+
+    from emfl.flower.apps import _keep, _recall
+
+    node = SimpleNamespace(state=RecordDict())
+    assert _recall(node, 3) is None
+    _keep(node, 3, torch.tensor([1, 2, 255], dtype=torch.uint8))
+    _keep(node, 4, {"c": torch.tensor([0.5, -1.0]), "m": torch.tensor([7.0])})
+    three, four = _recall(node, 3), _recall(node, 4)
+    assert three.dtype == torch.uint8 and three.tolist() == [1, 2, 255]
+    assert sorted(four) == ["c", "m"] and four["c"].tolist() == [0.5, -1.0] and four["m"].tolist() == [7.0]
+    with pytest.raises(FlowerError, match="a tensor or a dict of tensors"):
+        _keep(node, 5, [torch.ones(2)])
+
+
 def test_a_simulation_needs_a_supernode(tmp_path):
     with pytest.raises(FlowerError, match="--supernodes must be at least 1; got 0"):
         simulate(make_config(task="cifar10", rounds=1), tmp_path / "run.json", supernodes=0)
