@@ -12,6 +12,11 @@ For each notebook (01 and 04 unless named on the command line), on a temporary c
 4. the named slider moved with the arrow keys, a few times: each move changes the figure within
    2 seconds, exactly one figure stays, the slider's readout follows, the kernel raises nothing.
 
+Before the panels, every notebook in ``tutorials/`` is opened as saved and its maths read as the
+reader sees it (MathJax in JupyterLab): no formula typeset as an error (a red undefined macro such
+as ``\\midw``, an ``merror``), no TeX left as raw text (an unbalanced ``$``), and one typeset
+formula for every ``$...$`` and ``$$...$$`` of its markdown cells.
+
 Screenshots of each panel (before running, after running, after the moves) go to ``--shots``.
 Run it with ``./dev browser-test``, which installs Playwright and Chromium when they are missing.
 Exits with status 1 if any check fails, and prints one summary line.
@@ -90,6 +95,9 @@ def start_jupyterlab(root: Path, home: Path, port: int, token: str, log: Path) -
     news = home / "config" / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     news.parent.mkdir(parents=True, exist_ok=True)
     news.write_text('{"fetchNews": "false"}')  # no "get notified about news?" toast over the panels
+    tracker = news.parents[1] / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True, exist_ok=True)
+    tracker.write_text('{"windowingMode": "none"}')  # every cell rendered, not only those in view
     cmd = [str(Path(sys.executable).with_name("jupyter")), "lab", "--no-browser", "--ip=127.0.0.1",
            f"--port={port}", "--port-retries=0", f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}",
            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--LabApp.news_url=None"]
@@ -168,6 +176,66 @@ JS_SRC_CHANGED = """([old]) => {
   const imgs = document.querySelector('[data-emfl-panel] .jp-Cell-outputArea').querySelectorAll('img');
   return imgs.length === 1 && imgs[0].src !== old && imgs[0].complete && imgs[0].naturalWidth > 0;
 }"""
+
+
+def maths_segments(source: str) -> int:
+    """How many formulas a markdown cell holds: ``$$...$$`` and ``$...$`` outside code (fenced
+    blocks and backtick spans), the way JupyterLab finds them before MathJax typesets them."""
+    text = re.sub(r"```.*?```", "", source, flags=re.S)
+    text = re.sub(r"(`+).*?\1", "", text, flags=re.S)
+    text = text.replace(r"\$", "")
+    display = len(re.findall(r"\$\$.+?\$\$", text, flags=re.S))
+    text = re.sub(r"\$\$.+?\$\$", "", text, flags=re.S)
+    return display + len(re.findall(r"\$[^$]+?\$", text, flags=re.S))
+
+
+# The maths of the open notebook as the reader sees it: formulas typeset, errors MathJax shows
+# (an merror, or the red text of an undefined macro), and TeX left in the text around them.
+JS_MATHS = """() => {
+  const cells = [...document.querySelectorAll('.jp-Notebook .jp-MarkdownCell .jp-RenderedMarkdown')];
+  const bad = [], raw = [];
+  let typeset = 0;
+  for (const r of cells) {
+    const found = r.querySelectorAll('mjx-container');
+    typeset += found.length;
+    for (const m of found) {
+      const mml = m.querySelector('mjx-assistive-mml');
+      const red = mml ? [...mml.querySelectorAll('[mathcolor="red"], merror')].map(e => e.textContent) : [];
+      if (m.querySelector('mjx-merror') || red.length) bad.push(red.join(' ') || 'merror');
+    }
+    const copy = r.cloneNode(true);
+    copy.querySelectorAll('mjx-container, code, pre').forEach(e => e.remove());
+    const text = copy.textContent;
+    const tex = text.match(/\\\\[A-Za-z]+|\\$/g);
+    if (tex) raw.push(text.slice(Math.max(0, text.search(/\\\\[A-Za-z]+|\\$/) - 40)).slice(0, 120));
+  }
+  return {cells: cells.length, typeset, bad, raw};
+}"""
+
+
+def maths_case(page, base: str, token: str, path: Path, checks: Checks) -> None:
+    """Open ``path`` as saved and check that its maths renders (see the module's docstring)."""
+    nb = json.loads(path.read_text())
+    sources = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown"]
+    expected = sum(maths_segments(s) for s in sources)
+    key = path.name.split("_")[0]
+    page.goto(f"{base}/lab/workspaces/emfl-maths-{key}/tree/{path.name}?reset&token={token}")
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    state, last, stable_since = None, None, time.monotonic()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # until every markdown cell is rendered and typesetting stops
+        state = page.evaluate(JS_MATHS)
+        now = (state["cells"], state["typeset"])
+        if now != last:
+            last, stable_since = now, time.monotonic()
+        elif state["cells"] == len(sources) and state["typeset"] >= expected and time.monotonic() - stable_since > 1.5:
+            break
+        page.wait_for_timeout(250)
+    checks.check(state["cells"] == len(sources), f"{key}: all {len(sources)} markdown cells rendered", f"{state['cells']}")
+    checks.check(state["typeset"] == expected, f"{key}: every formula typeset",
+                 f"{state['typeset']} typeset of {expected} in the source")
+    checks.check(not state["bad"], f"{key}: no formula shown as an error", "; ".join(state["bad"])[:400])
+    checks.check(not state["raw"], f"{key}: no TeX left as raw text", " | ".join(state["raw"])[:400])
 
 
 def run_case(page, base: str, token: str, key: str, case: Case, checks: Checks, shots: Path) -> list[float]:
@@ -268,8 +336,11 @@ def main(argv=None) -> int:
     parser.add_argument("--chromium", default=os.environ.get("EMFL_CHROMIUM") or shutil.which("chromium"),
                         help="the Chromium binary (default: $EMFL_CHROMIUM, else chromium on the PATH)")
     parser.add_argument("--shots", type=Path, default=None, help="folder for the screenshots (default: a temporary one)")
+    parser.add_argument("--no-maths", action="store_true", help="skip the maths of every notebook (panels only)")
+    parser.add_argument("--no-panels", action="store_true", help="only the maths of every notebook")
+    parser.add_argument("--tutorials", type=Path, default=REPO / "tutorials", help="the notebooks' folder (default: tutorials/)")
     args = parser.parse_args(argv)
-    args.notebooks = args.notebooks or ["01", "04"]
+    args.notebooks = [] if args.no_panels else (args.notebooks or ["01", "04"])
     unknown = [key for key in args.notebooks if key not in CASES]
     if unknown:
         parser.error(f"no slider panel to test in notebook {' '.join(unknown)}: name some of {' '.join(CASES)}")
@@ -289,8 +360,8 @@ def main(argv=None) -> int:
     shots = args.shots or work / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
     root = work / "tutorials"
-    shutil.copytree(REPO / "tutorials", root, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
-    committed = sorted((REPO / "tutorials").glob("*.ipynb"))
+    shutil.copytree(args.tutorials, root, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    committed = sorted(args.tutorials.glob("*.ipynb"))
     before = digest(committed)
     port, token = free_port(), os.urandom(12).hex()
     base = f"http://127.0.0.1:{port}"
@@ -302,6 +373,14 @@ def main(argv=None) -> int:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=args.chromium, headless=True,
                                          args=["--no-sandbox", "--disable-dev-shm-usage"])
+            if not args.no_maths:
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                for path in committed:
+                    try:
+                        maths_case(page, base, token, root / path.name, checks)
+                    except Exception as error:
+                        checks.check(False, f"{path.name}: its maths could be read", f"{type(error).__name__}: {error}"[:400])
+                page.close()
             for key in args.notebooks:
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
                 page.set_default_timeout(30_000)
@@ -320,7 +399,8 @@ def main(argv=None) -> int:
     moves = [t for ts in times.values() for t in ts]
     redraws = ", ".join(f"{k}: " + " ".join(f"{t:.2f}" for t in ts) for k, ts in times.items())
     print(f"redraw seconds per move ({redraws}); screenshots in {shots}")
-    summary = (f"browser-test: {len(args.notebooks)} notebooks, {checks.passed} checks passed, "
+    summary = (f"browser-test: maths of {0 if args.no_maths else len(committed)} notebooks, panels of "
+               f"{len(args.notebooks)}, {checks.passed} checks passed, "
                f"{len(checks.failed)} failed, slowest redraw {max(moves, default=float('nan')):.2f} s, "
                f"{time.perf_counter() - started:.0f} s in all")
     print(summary)
