@@ -16,6 +16,7 @@ LN2 = math.log(2.0)
 
 @exercise("7.1", "how many coordinates the mask swaps at round t")
 def _prune_count(prune_count):
+    # (prune_alpha, t, T_end, k)
     cases = ([(0.4, 3, 5, 20)]  # generic first: floor 2, round 3, the fraction 0.14, alpha c k < 0
              + [(0.5, t, 10, 4) for t in range(13)]  # section 2's table
              + [(0.3, t, 7, 13) for t in (0, 2, 3, 6, 7, 9)]
@@ -35,14 +36,15 @@ def _prune_count(prune_count):
         if got == round(x) or got == math.ceil(x):
             return False, "a client swaps whole coordinates and never more than alpha_t k of them: round down."
         if t >= T and got == math.floor(alpha / 2 * (1 + math.cos(math.pi * t / T)) * k):
-            return False, ("past round T the cosine climbs again: the schedule is 0 from round T on, so the masks "
-                           "stay where they are.")
+            return False, ("past round T_end the cosine climbs again: the schedule is 0 from round T_end on, so the "
+                           "masks stay where they are.")
         c = math.cos(math.pi * t / T)
         if got in (math.floor(alpha * c * k), math.floor(alpha * (1 + c) * k)):
-            return False, ("alpha_t runs from alpha at round 0 to 0 at round T along half a cosine: check the factor "
-                           "in front of the cosine and what is added to it.")
-        return False, "compare with section 2's table: alpha_t is a cosine schedule from alpha at round 0 to 0 at round T, times k."
-    return True, ("right: 2 swaps a round at first, 1 from round 1, none from round 6 on for k = 4 (section 2's table); "
+            return False, ("alpha_t runs from prune_alpha at round 0 to 0 at round T_end along half a cosine: check "
+                           "the factor in front of the cosine and what is added to it.")
+        return False, ("compare with section 2's table: alpha_t is a cosine schedule from prune_alpha at round 0 to 0 "
+                       "at round T_end, times k.")
+    return True, ("right: for k = 4, 2 swaps at round 0, 1 from round 1, none from round 6 on (section 2's table); "
                   "on a network the same fraction is taken of each layer's active weights.")
 
 
@@ -157,24 +159,25 @@ def _no_moves(answer, data, lam=1.0, rounds=12):
 
     test = linreg.held_out(data, n=200, seed=1)
     shares, mses = {}, {}
-    for alpha in (0.0, 0.5):
-        alg = pm.fedspa(0.5, lam=lam, alpha=alpha, T=10)
+    for prune_alpha in (0.0, 0.5):
+        alg = pm.fedspa(0.5, lam=lam, prune_alpha=prune_alpha, T_end=10)
         state = alg.init(np.zeros(data.d), data.S)
         for _ in range(rounds):
             state, (w_s, masks) = alg.apply(state, data)
-        shares[alpha], mses[alpha] = pm.support_recovery(masks, data.phi_true), pm.local_mse(test, w_s * masks)
-    options = {"a": 0.0, "b": 0.5, "c": 1.0}
+        shares[prune_alpha] = pm.support_recovery(masks, data.phi_true)
+        mses[prune_alpha] = pm.local_mse(test, w_s * masks)
+    options = {"a": 0.0, "b": 1.0, "c": 0.5}
     right = min(options, key=lambda k: abs(options[k] - shares[0.0]))
     return choice(answer, right, "abc",
-                   {"a": "run it: pm.fedspa(0.5, lam=1.0, alpha=0.0, T=10), 12 rounds, then pm.support_recovery.",
-                    "b": ("alpha = 0.5 gets half the masks there by swapping; with alpha = 0, floor(alpha_t k) is 0 "
-                          "from the first round."),
-                    "c": ("without swaps nothing pushes a right mask off, but nothing brings a wrong one to the "
-                          "support either: where do the masks start?")},
+                   {"a": "run it: pm.fedspa(0.5, lam=1.0, prune_alpha=0.0, T_end=10), 12 rounds, then pm.support_recovery.",
+                    "b": ("without swaps nothing pushes a right mask off, but nothing brings a wrong one to the "
+                          "support either: where do the masks start?"),
+                    "c": ("prune_alpha = 0.5 gets half the masks there by swapping; with prune_alpha = 0, "
+                          "floor(alpha_t k) is 0 from the first round.")},
                    f"{shares[0.0]:.0%} of the masks are exact and the local MSE is {mses[0.0]:.2f}, against "
-                   f"{shares[0.5]:.0%} and {mses[0.5]:.2f} with alpha = 0.5. Without the move each mask keeps its "
-                   "first random draw, and 4 of 8 at random hits a given support once in 70: the move, not the fit, "
-                   "finds the support.")
+                   f"{shares[0.5]:.0%} and {mses[0.5]:.2f} with prune_alpha = 0.5. Without the move each mask keeps "
+                   "its first random draw, and 4 of 8 at random hits a given support once in 70: the move, not the "
+                   "fit, finds the support.")
 
 
 @exercise("7.5", "why FedSpa's global accuracy is lower than its local one")
@@ -187,6 +190,100 @@ def _global_below_local(answer):
                    "The server's weights are averaged one by one over the clients that held them; no client trains "
                    "or uses that dense combination, while each client's masked model is trained for its own data. "
                    "FedSpa aims at the personalised models, and its global accuracy is a by-product.")
+
+
+def _lenet_positions():
+    """CIFAR-10's LeNet-5: each conv and linear weight's shape and the positions it is applied at
+    (a 5x5 conv without padding: the input's side minus 4; each max-pool halves it; a linear layer: 1)."""
+    shapes, _ = _lenet_weights()
+    side1 = 32 - 4  # conv1 on 32 x 32
+    side2 = side1 // 2 - 4  # pool, conv2
+    return shapes, [side1**2, side2**2, 1, 1]
+
+
+@exercise("7.6", "the multiply-adds of a masked forward pass")
+def _masked_macs(answer, D=0.3):
+    shapes, positions = _lenet_positions()
+    sizes = [math.prod(s) for s in shapes]
+    kept = [round(f * n) for f, n in zip(_erk(shapes, D), sizes)]
+    right = sum(k * p for k, p in zip(kept, positions))
+    dense = sum(n * p for n, p in zip(sizes, positions))
+    got = as_number(answer)
+    if got is None:
+        return False, f"answer with a whole number of multiply-adds; you gave {answer!r}."
+    if 0 < got < 1:
+        return False, "that looks like a share of the dense model's cost; the exercise asks for a count of multiply-adds."
+    if as_count(answer) is None:
+        return False, ("a count of multiply-adds is a whole number: layer l keeps round(D_l N_l) weights, a whole "
+                       "number, and each is used a whole number of times.")
+    got = as_count(answer)
+    if got == right:
+        return True, (f"right: {right:,} multiply-adds, {right / dense:.2f} of the dense LeNet-5's {dense:,}. The "
+                      f"first conv layer keeps all its {sizes[0]:,} weights and applies each at {positions[0]} "
+                      f"positions: {kept[0] * positions[0] / right:.0%} of the client's cost, which is why the share "
+                      "in section 6's table stays above D on CIFAR-10.")
+    biases = sum(s[0] * p for s, p in zip(shapes, positions))
+    hints = {sum(kept): ("that counts the kept weights; a conv layer uses each of its weights once at every position "
+                         "of its output."),
+             sum(k * p for k, p in zip(kept, (32 * 32, 14 * 14, 1, 1))): (
+                 "a 5x5 kernel without padding fits at (H - 4) x (W - 4) positions of an H x W input, not at all "
+                 "H x W."),
+             sum(k * p for k, p in zip(kept, ((32 - 4) ** 2, (32 - 4 - 4) ** 2, 1, 1))): (
+                 "the second conv layer reads the first one's output after a 2 x 2 max-pool, which halves each side."),
+             sum(round(D * n) * p for n, p in zip(sizes, positions)): (
+                 "that keeps D of every layer's weights. FedSpa's layers keep their ERK densities (exercise 7.2): "
+                 "some layers are dense."),
+             dense: "that is the dense model's cost: the mask switches weights off.",
+             right + biases: "a bias is an addition, not a multiply-add: count the weights' multiply-adds only."}
+    if got in hints:
+        return False, hints[got]
+    return False, ("count, layer by layer, the weights the mask keeps times the positions each is applied at: a conv "
+                   "layer's output height x width, a linear layer's 1.")
+
+
+@exercise("7.7", "the round from which the mask stops moving")
+def _freeze_round(freeze_round):
+    # (prune_alpha, T_end, k)
+    cases = [(0.4, 20, 7),  # generic first: 12; the named mistakes give 11, 13, 15, 8 and 20
+             (0.5, 10, 4), (0.5, 12, 4), (0.3, 7, 13), (1.0, 50, 3), (0.3, 40, 100),
+             (0.5, 10, 1), (0.0, 10, 8), (0.5, 100, 2),  # no swap at all, or the first round only
+             (0.5, 200, 410_821)]  # fc1 of LeNet-5 at D = 0.5 over a 200-round run
+
+    def first_zero(prune_alpha, T_end, k, count=math.floor, schedule=None, slack=1e-9):
+        """The first round whose move swaps nothing, by trying the rounds one by one."""
+        for t in range(T_end + 1):
+            c = math.cos(math.pi * t / T_end)
+            a_t = schedule(prune_alpha, c) if schedule else (prune_alpha / 2 * (1 + c) if t < T_end else 0.0)
+            if count(a_t * k + slack) == 0:
+                return t
+        return T_end
+
+    for prune_alpha, T_end, k in cases:
+        raw = call_answer(freeze_round, prune_alpha, T_end, k)
+        got = as_count(raw)
+        if got is None:
+            return False, (f"return a round, a whole number; for prune_alpha = {prune_alpha}, T_end = {T_end}, "
+                           f"k = {k} you returned {raw!r}.")
+        right = first_zero(prune_alpha, T_end, k)
+        if got in (right, first_zero(prune_alpha, T_end, k, slack=-1e-9)):  # alpha_t k exactly 1: either reading
+            continue
+        if got == right - 1:
+            return False, ("that is the last round whose move still swaps a coordinate; the exercise asks for the "
+                           "first round whose move swaps none.")
+        if got == right + 1:
+            return False, "rounds count from 0, as in section 2's table."
+        if got == first_zero(prune_alpha, T_end, k, count=round, slack=0.0):
+            return False, "a client swaps floor(alpha_t k) coordinates: round down, as in exercise 7.1."
+        if got == first_zero(prune_alpha, T_end, k, schedule=lambda a, c: max(a * c, 0.0)):
+            return False, "check alpha_t against exercise 7.1: half a cosine from prune_alpha at round 0 to 0 at T_end."
+        if got == T_end:
+            return False, ("alpha_t reaches 0 at round T_end, but floor(alpha_t k) reaches 0 as soon as alpha_t k "
+                           "drops below 1.")
+        return False, ("the mask stops moving at the first round t with floor(alpha_t k) = 0, that is alpha_t k < 1: "
+                       "solve that for t, or try the rounds one by one with your prune_count.")
+    return True, ("right: the toy world's masks (k = 4) stop moving at round 6 of T_end = 10, while fc1 of LeNet-5 at "
+                  "D = 0.5 (k = 410,821) still swaps a coordinate in round T_end - 1: a large layer moves until the "
+                  "anneal ends.")
 
 
 # --------------------------------------------------------------------------- 08 · Information flow
@@ -301,8 +398,8 @@ def _ity(ity):
 
 @exercise("8.4", "the data-processing inequality")
 def _dpi(answer):
-    return choice(answer, "a", "abc",
-                   {"b": ("training decides what T_4 keeps; T_5 is then computed from T_4 alone. Can a function of "
+    return choice(answer, "b", "abc",
+                   {"a": ("training decides what T_4 keeps; T_5 is then computed from T_4 alone. Can a function of "
                           "T_4 hold more about Y than T_4 does?"),
                     "c": ("the weights decide which function a layer computes, not whether it is a function of the "
                           "layer before. Does the inequality care which function it is?")},
@@ -325,14 +422,113 @@ def _one_step(answer, runs):
         _, before, after = probes.averaging_jumps(doc, "act5")
         jumps.append(float(np.mean(after - before)))
     final11 = [runs[(split, 11)]["records"][-1]["global_acc"] for split in ("IID", "Dirichlet 0.1")]
-    return choice(answer, "a", "abc",
-                   {"b": (f"the clients' own models do see the skew: their act5 jump at averaging is {jumps[1]:+.3f} "
+    return choice(answer, "c", "abc",
+                   {"a": (f"the same global test set separates the 11-step runs by {final11[0] - final11[1]:.3f} in "
+                          "global accuracy. What is special about one step?"),
+                    "b": (f"the clients' own models do see the skew: their act5 jump at averaging is {jumps[1]:+.3f} "
                           f"bits under Dirichlet(0.1) against {jumps[0]:+.3f} IID. What does the server make of ten "
-                          "single steps from the same model?"),
-                    "c": (f"the same global test set separates the 11-step runs by {final11[0] - final11[1]:.3f} in "
-                          "global accuracy. What is special about one step?")},
+                          "single steps from the same model?")},
                    f"The two one-step runs agree in global accuracy at all {len(acc[0])} evaluations"
                    + (" " if gap == 0 else f" (to {gap:.3f}) ")
                    + f"and their server's act5 I(T;Y) differs by at most {drift:.4f} bits: the "
                    "mean of one full-batch step on each of ten equal shards is one step on all the clients' data, "
                    "whatever the split. The skew only matters once the clients take several steps apart.")
+
+
+@exercise("8.6", "I(T;Y) as a test statistic")
+def _g_statistic(g_statistic):
+    cases = _TABLES + [np.array([[7, 3], [2, 8]]), np.array([[2, 2], [2, 2]])]
+    for counts in cases:
+        raw = call_answer(g_statistic, counts.copy())
+        if as_number(raw) is None:
+            return False, f"return one number; got {raw!r}."
+        got = as_number(raw)
+        if not math.isfinite(got):
+            return False, "your G is not finite: a cell with count 0 adds nothing (0 log 0 = 0); leave it out of the sum."
+        N = counts.sum()
+        p = counts / N
+        pt, py = p.sum(axis=1, keepdims=True), p.sum(axis=0, keepdims=True)
+        nz = p > 0
+        ity = float((p[nz] * np.log2(p[nz] / (pt * py)[nz])).sum())  # the plug-in I(T;Y) of exercise 8.3, bits
+        right = 2 * N * LN2 * ity  # G = 2 N I(T;Y) in nats
+        if close(raw, right, atol=1e-9):
+            continue
+        expected = (pt * py) * N  # the counts independence predicts
+        if got < -1e-12:
+            return False, "G is never negative: n ln(n / e) summed over the cells is N times a KL divergence."
+        if close(raw, right / LN2):
+            return False, "G uses natural logarithms: it is a log-likelihood ratio in nats."
+        if close(raw, right / 2):
+            return False, "the likelihood-ratio statistic is twice the log of the ratio of the two likelihoods."
+        if close(raw, right / N) or close(raw, right / N / LN2):
+            return False, ("that is computed from the probabilities: G counts the examples, so it grows with N for "
+                           "the same proportions.")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pearson = float(np.where(expected > 0, (counts - expected) ** 2 / expected, 0.0).sum())
+            uniform = 2 * float(np.where(counts > 0, counts * np.log(counts * counts.size / N), 0.0).sum())
+        if close(raw, pearson):
+            return False, "that is Pearson's X^2, (n - e)^2 / e summed; G sums 2 n ln(n / e) over the cells."
+        if close(raw, uniform):
+            return False, ("the counts expected under independence are n_t n_y / N, the product of the table's "
+                           "margins over N, not N spread evenly over the cells.")
+        if counts.shape == (2, 2):
+            yates = np.where(counts > expected, counts - 0.5, counts + 0.5)  # scipy's default for one degree of freedom
+            if close(raw, 2 * float((yates * np.log(yates / expected)).sum())):
+                return False, ("on a 2 x 2 table scipy's chi2_contingency applies Yates' continuity correction unless "
+                               "told correction=False; G is the statistic of the counts themselves.")
+        return False, ("G = 2 sum over the cells of n_ty ln(n_ty / e_ty), with e_ty = n_t n_y / N the count "
+                       "independence predicts.")
+    return True, ("right: G = 2 N ln 2 I(T;Y). Under independence G is close to a chi-square with "
+                  "(K_T - 1)(K_Y - 1) degrees of freedom, whose mean is (K_T - 1)(K_Y - 1): divided by 2 N ln 2, "
+                  "the bias of the plug-in I(T;Y) that section 1 plots.")
+
+
+def _mean_plugin_entropy(K, N) -> float:
+    """The mean plug-in entropy (bits) of N draws, each uniform over K symbols: every symbol's count is
+    Binomial(N, 1/K), and a symbol holding n of the N draws adds -(n / N) log2(n / N)."""
+    from scipy import stats
+
+    n = np.arange(1, N + 1)
+    return float(-K * (stats.binom.pmf(n, N, 1.0 / K) * (n / N) * np.log2(n / N)).sum())
+
+
+@exercise("8.7", "the entropy a random code reads")
+def _expected_entropy(expected_entropy):
+    # (K symbols, N inputs)
+    cases = [(5, 7),  # generic first: the ceiling, the first-order bias and the occupied-symbols count all differ
+             (64, 1000),  # act5 in 4 bins, a thousand inputs
+             (1000, 1000), (2, 1), (1, 10), (3, 2), (10**12, 1000)]
+    for K, N in cases:
+        raw = call_answer(expected_entropy, K, N)
+        if as_number(raw) is None:
+            return False, f"return one number of bits; for K = {K}, N = {N} you returned {raw!r}."
+        got = as_number(raw)
+        if not math.isfinite(got):
+            return False, ("your answer is not finite: a symbol that receives no input adds nothing (0 log 0 = 0); "
+                           "leave n = 0 out of the sum.")
+        right = _mean_plugin_entropy(K, N)
+        if close(raw, right, rtol=1e-6, atol=1e-9):
+            continue
+        ceiling = math.log2(min(K, N))
+        occupied = K * (1 - (1 - 1 / K) ** N)  # the mean number of symbols that receive an input
+        if close(raw, right * LN2):
+            return False, "bits, not nats: take logarithms to base 2."
+        if close(raw, ceiling) or close(raw, math.log2(K)):
+            return False, ("that is the ceiling of exercise 8.1, reached only when the inputs spread evenly: at random "
+                           "some symbols receive several inputs and others none.")
+        if close(raw, math.log2(occupied)):
+            return False, ("that treats the symbols that receive an input as equally likely; they are not: weigh "
+                           "each by the share of the inputs it receives.")
+        if close(raw, right / K):
+            return False, "that is one symbol's term; each of the K symbols contributes the same."
+        if close(raw, math.log2(K) - (K - 1) / (2 * N * LN2)):
+            return False, ("that is the first-order approximation (Miller-Madow); the exercise asks for the exact "
+                           "mean: sum over n, the number of inputs one symbol receives.")
+        if abs(got - right) < 0.02 * max(right, 1e-3):
+            return False, ("close, but not the exact mean (a simulation, or an approximation?): a symbol receives n of "
+                           "the N inputs with a binomial probability; sum its term over n.")
+        return False, ("the plug-in entropy is -sum_t (n_t / N) log2(n_t / N); each count n_t is binomial: average "
+                       "over it, symbol by symbol.")
+    return True, ("right: a random code reads less than the ceiling of exercise 8.1. With K = N the shortfall is "
+                  f"{math.log2(1000) - _mean_plugin_entropy(1000, 1000):.2f} bits at N = 1,000 and hardly changes with "
+                  "N; with many more inputs than symbols it is close to (K - 1) / (2 N ln 2), the Miller-Madow term.")

@@ -13,7 +13,8 @@ A round on the toy world (linear regression, everything in closed form but the m
    (Eq. 7 restricted to the mask's features, as :func:`emfl.spike_slab.e_step` does for a subset);
 3. the mask moves (:func:`move_mask`): the ``floor(alpha_t k)`` active coordinates of smallest
    ``|w_s|`` off, as many inactive ones of largest data gradient ``|X^T (X phi_s - y)| / sigma^2``
-   on, with ``alpha_t = alpha / 2 (1 + cos(pi t / T))``;
+   on, with ``alpha_t = prune_alpha / 2 (1 + cos(pi t / T_end))`` (RigL's cosine decay: ``prune_alpha``
+   at round 0, 0 from round ``T_end`` on);
 4. the server averages each coordinate over the clients whose mask held it
    (:func:`average_held`); the clients send ``k`` values and, when it moved, the mask.
 
@@ -37,9 +38,11 @@ __all__ = ["PersonalState", "fedspa", "move_mask", "average_held", "prune_fracti
            "make_grouped_linreg", "local_mse", "support_recovery"]
 
 
-def prune_fraction(alpha: float, t: int, T: int) -> float:
-    """``alpha_t = alpha / 2 (1 + cos(pi t / T))``: ``alpha`` at round 0, 0 from round ``T`` on."""
-    return 0.0 if t >= T else alpha / 2 * (1 + math.cos(math.pi * t / T))
+def prune_fraction(prune_alpha: float, t: int, T_end: int) -> float:
+    """The share of a mask's active coordinates swapped at round ``t``,
+    ``alpha_t = prune_alpha / 2 (1 + cos(pi t / T_end))``: ``prune_alpha`` at round 0, 0 from round
+    ``T_end`` on (the anneal's horizon; not the gates' temperature ``T`` of FedSparse)."""
+    return 0.0 if t >= T_end else prune_alpha / 2 * (1 + math.cos(math.pi * t / T_end))
 
 
 def move_mask(mask, w_s, grad, k: int) -> np.ndarray:
@@ -86,17 +89,19 @@ class PersonalState(NamedTuple):
     round: int = 0
 
 
-def fedspa(density: float, lam: float, alpha: float = 0.5, T: int = 10, S: int | None = None,
+def fedspa(density: float, lam: float, prune_alpha: float = 0.5, T_end: int = 10, S: int | None = None,
            seed: int = 0) -> FederatedAlgorithm:
     """FedSpa on the toy world as ``FederatedAlgorithm(init, apply)``; ``init(w0, S)`` draws the
-    first masks (``k = max(1, round(density d))`` ones each).  ``apply`` returns
-    ``(state, (w_s, masks_trained))``: the clients' fits and the masks they were fitted on."""
+    first masks (``k = max(1, round(density d))`` ones each).  The mask's move swaps
+    ``floor(alpha_t k)`` coordinates after round ``t``'s fit, ``alpha_t = prune_fraction(prune_alpha,
+    t, T_end)``.  ``apply`` returns ``(state, (w_s, masks_trained))``: the clients' fits and the masks
+    they were fitted on."""
     if not (isinstance(density, (int, float)) and 0 < density <= 1):
         raise ValueError(f"density must be in (0, 1] (the share of coordinates a client keeps); got {density!r}")
     check_positive("lam", lam)
-    if not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must be in [0, 1]; got {alpha!r}")
-    check_positive_int("T", T)
+    if not 0 <= prune_alpha <= 1:
+        raise ValueError(f"prune_alpha must be in [0, 1]; got {prune_alpha!r}")
+    check_positive_int("T_end", T_end)
 
     def init(w0, S: int) -> PersonalState:
         w0 = np.array(w0, dtype=float)
@@ -109,7 +114,7 @@ def fedspa(density: float, lam: float, alpha: float = 0.5, T: int = 10, S: int |
             raise ValueError(f"the state holds masks for {masks.shape[0]} clients of {masks.shape[1]} "
                              f"coordinates; the data has {data.S} of {data.d}: init(w0, S={data.S})")
         k = int(masks[0].sum())
-        a_t = prune_fraction(alpha, state.round, T)
+        a_t = prune_fraction(prune_alpha, state.round, T_end)
         w_s = np.array([_fit_on(c, m, w, lam) for c, m in zip(data.clients, masks)])
         new_masks, bits = masks.copy(), 0
         for s, c in enumerate(data.clients):

@@ -22,6 +22,29 @@ def delta_two_samples(x1, x2, w, rho):  # 3.3: Sigma = r I + c u u^T, inverted b
     return (v - c * u * (u @ v) / (r + c * (u @ u))) / r
 
 
+def delta_limit(samples, w):  # 3.6: rho_l Sigma^-1 -> the projector onto the null space of S
+    centred = samples - samples.mean(axis=0)
+    Q, sv, _ = np.linalg.svd(centred.T, full_matrices=False)  # the centred samples' span
+    Q = Q[:, sv > 1e-10 * max(sv.max(), 1.0)]
+    v = w - samples.mean(axis=0)
+    return v - Q @ (Q.T @ v)
+
+
+def fixed_point_rho0(As, mus, lr, burn_in, steps):  # 3.7: Sigma = I, the delta is w minus the iterate average
+    d = len(mus[0])
+    I = np.eye(d)
+    Ms = []
+    for A in As:
+        step = I - lr * A  # x_t - mu = step^t (w - mu) with full-batch gradient steps
+        power = np.linalg.matrix_power(step, burn_in)
+        M = np.zeros((d, d))
+        for _ in range(steps):
+            power = step @ power
+            M += power / steps
+        Ms.append(M)  # mean of x_t over t = burn_in + 1 .. burn_in + steps: mu + M (w - mu)
+    return np.linalg.solve(sum(I - M for M in Ms), sum((I - M) @ m for M, m in zip(Ms, mus)))
+
+
 ANSWERS = {"3.1": global_optimum, "3.2": shrinkage_covariance, "3.3": delta_two_samples,
            "3.4": 3,  # the fewest samples with which FedPA ends within half of FedAvg's distance
-           "3.5": "a"}
+           "3.5": "a", "3.6": delta_limit, "3.7": fixed_point_rho0}

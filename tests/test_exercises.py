@@ -310,11 +310,11 @@ MISTAKES = [
     ("3b.3", lambda w, g, m, v, t: (w - 1e-3 * g, m, v, t + 1), "the moments are off"),
     ("3b.3", lambda w, g, m, v, t: _adam(w, g, m, v, t, correct=False), "bias correction"),
     ("3b.3", lambda w, g, m, v, t: _adam(w, g, m, v, t, sign=-1.0), "the moments are right but the new w is not"),
-    ("3b.5", 4 * (878_538 - 801) + 8 * 607 + 76, "the weights of fc1 that read the pruned filter"),
-    ("3b.5", 4 * 878_538, "the dense model alone"),
-    ("3b.5", 4 * (878_538 - 801 - 12_800), "count what the download holds"),
-    ("3b.5", 3_464_680.5, "a whole number of bytes"),
-    ("3b.5", "3464680", "a whole number of bytes"),
+    ("5.6", 4 * (878_538 - 801) + 8 * 607 + 76, "the weights of fc1 that read the pruned filter"),
+    ("5.6", 4 * 878_538, "the dense model alone"),
+    ("5.6", 4 * (878_538 - 801 - 12_800), "count what the download holds"),
+    ("5.6", 3_464_680.5, "a whole number of bytes"),
+    ("5.6", "3464680", "a whole number of bytes"),
     ("5.1", 80, "still says sparsity 0.0"),
     ("5.1", 1000, "the run's last round"),
     ("5.1", 130, "later than the first"),
@@ -337,13 +337,14 @@ MISTAKES = [
     ("5b.2", 1e-4 * 15.942385 / 801, "a conv2 filter's size"),
     ("5b.2", 0.5, "change sign"),
     ("5b.2", "2e-5", "a value of lam0"),
-    ("6.1", 272.11 / 2, "both ways"),
-    ("6.1", 27.211, "10 writers take part"),
-    ("6.1", 272.11 / 3, "6,000 rounds"),
-    ("6.1", 272.11 * 2**30 / 1e9, "you divided by 10^9"),
-    ("6.1", 272.11 / 4, "4 bytes a float32 value"),
+    ("6.1", 21.8359 / 2, "both ways"),
+    ("6.1", 2.18359, "10 writers take part"),
+    ("6.1", 21.8359 / 3, "6,000 rounds"),
+    ("6.1", 21.8359 * 2**30 / 1e9, "you divided by 10^9"),
+    ("6.1", 21.8359 / 4, "4 bytes a float32 value"),
     ("6.1", 300.0, "count the model's parameters"),
-    ("6.1", "272", "a number of GiB"),
+    ("6.1", 272.11, "that is the paper's LeNet-5"),
+    ("6.1", "21.8", "a number of GiB"),
     ("6.2", lambda doc, rnd: _extrapolate(doc, rnd, rate_of="mean"), "the mean rate since round 0"),
     ("6.2", lambda doc, rnd: _extrapolate(doc, rnd, unit=1e9), "in GiB (2^30 bytes)"),
     ("6.2", lambda doc, rnd: doc["records"][-1]["cum_gib"], "that is the total so far"),
@@ -355,7 +356,7 @@ MISTAKES = [
     ("6.4", "3583", "a number of writers"),
     ("7.1", lambda alpha, t, T, k: _prune(alpha, t, T, k, count=round), "round down"),
     ("7.1", lambda alpha, t, T, k: _prune(alpha, t, T, k, count=math.ceil), "round down"),
-    ("7.1", lambda alpha, t, T, k: _prune(alpha, t, T, k, past_T=True), "past round T the cosine climbs again"),
+    ("7.1", lambda alpha, t, T, k: _prune(alpha, t, T, k, past_T=True), "past round T_end the cosine climbs again"),
     ("7.1", lambda alpha, t, T, k: _prune(alpha, t, T, k, schedule=lambda a, c: a * c), "factor in front of the cosine"),
     ("7.1", lambda alpha, t, T, k: _prune(alpha, t, T, k, schedule=lambda a, c: a * (1 + c)), "factor in front"),
     ("7.1", lambda alpha, t, T, k: _prune(alpha, t, T, k, count=lambda x: x / k), "the fraction alpha_t"),
@@ -407,19 +408,19 @@ MISTAKES = [
 CHOICES = [
     ("1.6", "a", {"b": "that term is in both updates", "c": "Compare the denominators"}),
     ("3.5", "a", {"b": "same SGD steps", "c": "the server's optimiser plays no part"}),
-    ("4.5", "a", {"b": "binary already", "c": "no data ever leaves a client"}),
+    ("4.5", "c", {"a": "binary already", "b": "no data ever leaves a client"}),
     ("3b.2", "b", {"a": "alpha = 100", "c": "alpha = 1, the default", "d": "a small alpha"}),
-    ("3b.4", "a", {"b": "Adam is not diverging", "c": "fixed at the split"}),
-    ("5.2", "b", {"a": "from round 1", "c": "the server averages differences"}),
-    ("5.5", "c", {"a": "0.9 is the share of conv filters", "b": "count fc1, which holds most",
-                  "d": "a dropped unit takes its weights with it"}),
-    ("5b.1", "c", {"a": "pi_s is nearly 0 or 1", "b": "saturation matters only far", "d": "Adam, like Adamax"}),
-    ("6.3", "a", {"b": "LEAF's 90/10 split", "c": "the union of the writers' test images"}),
-    ("6.5", "a", {"b": "sends its thresholds", "c": "lam0 is constant"}),
-    ("7.4", "a", {"b": "alpha = 0.5 gets half the masks", "c": "nothing pushes a right mask off"}),
+    ("3b.4", "c", {"a": "Adam is not diverging", "b": "fixed at the split"}),
+    ("5.2", "c", {"a": "from round 1", "b": "the server averages differences"}),
+    ("5.5", "b", {"d": "0.9 is the share of conv filters", "c": "count fc1, which holds most",
+                  "a": "a dropped unit takes its weights with it"}),
+    ("5b.1", "a", {"c": "pi_s is nearly 0 or 1", "d": "saturation matters only far", "b": "Adam, like Adamax"}),
+    ("6.3", "b", {"a": "LEAF's 90/10 split", "c": "the union of the writers' test images"}),
+    ("6.5", "c", {"a": "sends its thresholds", "b": "lam0 is constant"}),
+    ("7.4", "a", {"b": "nothing pushes a right mask off", "c": "prune_alpha = 0.5 gets half the masks"}),
     ("7.5", "a", {"b": "both accuracies are read from one run", "c": "FedAvg is scored on the same"}),
-    ("8.4", "a", {"b": "Can a function of T_4 hold more", "c": "Does the inequality care which function"}),
-    ("8.5", "a", {"b": "act5 jump at averaging", "c": "What is special about one step?"}),
+    ("8.4", "b", {"a": "Can a function of T_4 hold more", "c": "Does the inequality care which function"}),
+    ("8.5", "c", {"a": "What is special about one step?", "b": "act5 jump at averaging"}),
 ]
 for _number, _right, _hints in CHOICES:
     MISTAKES += [(_number, letter, hint) for letter, hint in _hints.items()]
@@ -476,8 +477,8 @@ RIGHT = [
     ("3b.1", np.array(10 * 2 * 4 * 62006 * 1000 / 2**30)),
     ("3b.3", lambda w, g, m, v, t: list(_adam(w, g, m, v, t))),
     ("3b.3", lambda w, g, m, v, t: tuple(x.numpy() if hasattr(x, "numpy") else x for x in _adam(w, g, m, v, t))),
-    ("3b.5", 3_464_680.0),
-    ("3b.5", np.int64(3_464_680)),
+    ("5.6", 3_464_680.0),
+    ("5.6", np.int64(3_464_680)),
     ("5.1", 120.0),
     ("5.1", np.int64(120)),
     ("5.3", np.float32(40 * (1 - 0.3516011828742752) * 878_538)),
@@ -486,8 +487,8 @@ RIGHT = [
     ("5.4", np.float32(4.2867)),
     ("5b.2", 2.1e-5),
     ("5b.2", np.float32(1e-4 * 15.942385 / 76)),
-    ("6.1", 272.11),
-    ("6.1", np.float32(272.1)),
+    ("6.1", 21.84),
+    ("6.1", np.float32(21.836)),
     ("6.2", lambda doc, rnd: _extrapolate(doc, rnd) * np.float32(1)),
     ("6.2", lambda doc, rnd: (doc["records"][-1]["cum_gib"] * 2**30 + (rnd - doc["records"][-1]["round"])
                               * (doc["records"][-1]["cum_gib"] - doc["records"][-2]["cum_gib"]) * 2**30
@@ -509,6 +510,598 @@ RIGHT = [
 ]
 for _number, _right, _hints in CHOICES:
     RIGHT += [(_number, _right.upper()), (_number, f"({_right})")]
+
+
+# notebooks 01-02: the exercises whose answers are printed nowhere
+
+
+def _gap17(A, lam, half=0.5, two_pi=None, prior=True):  # 1.7 as written, or with one of its mistakes
+    d = len(A)
+    P = A + lam * np.eye(d) if prior else A
+    return half * np.linalg.slogdet(P)[1] - (d / 2 * np.log(2 * np.pi) if two_pi is None else two_pi)
+
+
+def _gap18(A, lam, eps, spread=None, entropy=None):  # 1.8 as written, or with one of its mistakes
+    d = len(A)
+    spread = eps**2 / 2 * np.trace(A + lam * np.eye(d)) if spread is None else spread
+    return -spread + (d / 2 * np.log(2 * np.pi * np.e * eps**2) if entropy is None else entropy)
+
+
+def _lam26(phis, centre=np.median, power=1, per="Sd"):  # 2.6: (w, lam) as written, or with one of its mistakes
+    w = centre(phis, axis=0)
+    count = {"Sd": phis.size, "S": len(phis)}[per]
+    return w, count / (np.abs(phis - w) ** power).sum()
+
+
+def _soft27(a, b, w, lam, centre=None, t=None, hard=False):  # 2.7 as written, or with one of its mistakes
+    c = w if centre is None else centre
+    t = lam / a if t is None else t
+    pull = b / a - c
+    if hard:
+        return b / a if abs(pull) > t else c
+    return c + np.sign(pull) * max(abs(pull) - t, 0.0)
+
+
+MISTAKES += [
+    ("1.7", lambda A, lam: _gap17(A, lam, two_pi=0.0), "normalising constant with 2 pi"),
+    ("1.7", lambda A, lam: _gap17(A, lam, prior=False), "not A_s: the prior narrows it"),
+    ("1.7", lambda A, lam: -_gap17(A, lam), "the sign is flipped"),
+    ("1.7", lambda A, lam: _gap17(A, lam, half=-0.5), "log-determinant of the covariance"),
+    ("1.7", lambda A, lam: 2 * _gap17(A, lam), "the factor in front of the log-determinant"),
+    ("1.7", lambda A, lam: 0.0, "Bayes' rule splits"),
+    ("1.7", lambda A, lam: _gap17(A, lam, two_pi=np.log(2 * np.pi)), "Bayes' rule splits"),  # right in 2-D only
+    ("1.7", lambda A, lam: 1.01 * _gap17(A, lam), "Bayes' rule splits"),
+    ("1.7", lambda A, lam: [_gap17(A, lam)], "return one number"),
+    ("1.8", lambda A, lam, eps: _gap18(A, lam, eps, spread=0.0), "what the spread of q_s costs"),
+    ("1.8", lambda A, lam, eps: _gap18(A, lam, eps, spread=eps**2 / 2 * np.trace(A)), "its curvature counts"),
+    ("1.8", lambda A, lam, eps: _gap18(A, lam, eps, entropy=len(A) / 2 * np.log(2 * np.pi * eps**2)), "at its peak"),
+    ("1.8", lambda A, lam, eps: _gap18(A, lam, eps, entropy=len(A) / 2 * np.log(2 * np.pi * np.e * eps)),
+     "check the entropy."),
+    ("1.8", lambda A, lam, eps: _gap18(A, lam, eps, spread=eps / 2 * np.trace(A + lam * np.eye(len(A)))),
+     "check the power of eps"),
+    ("1.8", lambda A, lam, eps: _gap18(A, lam, eps, spread=eps**2 * np.trace(A + lam * np.eye(len(A)))),
+     "subtract its value at phi_s"),
+    ("1.8", lambda A, lam, eps: np.full(2, _gap18(A, lam, eps)), "return one number"),
+    ("2.6", lambda phis: _lam26(phis, centre=np.mean), "your w is the mean"),
+    ("2.6", lambda phis: (phis[0], _lam26(phis)[1]), "w is off"),
+    ("2.6", lambda phis: (np.median(phis, 0), 1 / _lam26(phis)[1]), "the prior's scale 1/lam"),
+    ("2.6", lambda phis: _lam26(phis, per="S"), "one factor lam/2 per client"),
+    ("2.6", lambda phis: _lam26(phis, power=2), "squared distances belong to the Gaussian prior"),
+    ("2.6", lambda phis: (np.median(phis, 0), _lam26(phis, centre=np.mean)[1]), "not from the mean"),
+    ("2.6", lambda phis: (np.median(phis, 0), 2 * _lam26(phis)[1]), "differentiate sum_s log p"),
+    ("2.6", lambda phis: (np.median(phis, 0), len(phis) / np.abs(phis - np.median(phis, 0)).sum(0)),
+     "lam should be one number"),
+    ("2.6", lambda phis: np.median(phis, axis=0), "return a pair (w, lam)"),
+    ("2.6", lambda phis: (np.median(phis), _lam26(phis)[1]), "w should have shape"),
+    ("2.7", lambda a, b, w, lam: _soft27(a, b, w, lam, t=lam), "your threshold is lam itself"),
+    ("2.7", lambda a, b, w, lam: (b + lam * w) / (a + lam), "the Gaussian prior's E-step"),
+    ("2.7", lambda a, b, w, lam: _soft27(a, b, w, lam, hard=True), "a hard threshold"),
+    ("2.7", lambda a, b, w, lam: _soft27(a, b, w, lam, centre=0.0), "towards 0: the prior is centred at w"),
+    ("2.7", lambda a, b, w, lam: b / a, "the client's own fit b/a"),
+    ("2.7", lambda a, b, w, lam: w, "stays exactly at w only while"),
+    ("2.7", lambda a, b, w, lam: _soft27(a, b, w, lam, t=lam / (2 * a)), "on each side of w it is a parabola"),
+    ("2.7", lambda a, b, w, lam: [_soft27(a, b, w, lam)], "return one number"),
+]
+RIGHT += [
+    ("1.7", lambda A, lam: math.log(np.linalg.det((A + lam * np.eye(len(A))) / (2 * math.pi))) / 2),
+    ("1.7", _f32(lambda A, lam: 0.5 * np.sum(np.log(np.linalg.eigvalsh(A + lam * np.eye(len(A))) / (2 * np.pi))))),
+    ("1.8", lambda A, lam, eps: -eps**2 / 2 * (np.trace(A) + len(A) * lam) + len(A) / 2 * (math.log(2 * math.pi * eps**2) + 1)),
+    ("1.8", _f32(lambda A, lam, eps: np.float32(_gap18(A, lam, eps)))),
+    ("2.6", lambda phis: [list(np.median(phis, 0)), float(1 / np.mean(np.abs(phis - np.median(phis, 0))))]),
+    # with an even number of clients any w between the two middle values is right: the lower one
+    ("2.6", lambda phis: (np.sort(phis, 0)[(len(phis) - 1) // 2], _lam26(phis)[1])),
+    ("2.6", _f32(lambda phis: _lam26(phis))),
+    ("2.7", lambda a, b, w, lam: np.clip(w, (b - lam) / a, (b + lam) / a)),
+    ("2.7", lambda a, b, w, lam: np.float32(_soft27(a, b, w, lam))),
+]
+
+
+def test_the_answers_of_notebooks_01_02_by_another_route():
+    # 1.7: Eq. 9 at the E-step minus log p(D_s | w), from the data of one client (hand-sized: A = [[24, -4], [-4, 24]])
+    from scipy import optimize, stats
+
+    X, y, w, lam = np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0], [2.0, -1.0]]), np.array([1.0, -1.0, 0.5, 2.0]), np.zeros(2), 0.5
+    c = emfl.Client(X, y, 0.25)
+    assert np.allclose(c.A, [[24, -4], [-4, 24]])
+    joint = lambda phi: stats.multivariate_normal(X @ phi, 0.25 * np.eye(4)).logpdf(y) + \
+        stats.multivariate_normal(w, np.eye(2) / lam).logpdf(phi)
+    best = optimize.minimize(lambda phi: -joint(phi), np.zeros(2), method="BFGS", options={"gtol": 1e-10}).x
+    marginal = stats.multivariate_normal(X @ w, 0.25 * np.eye(4) + X @ X.T / lam).logpdf(y)
+    assert np.isclose(all_answers()["1.7"](c.A, lam), joint(best) - marginal, atol=1e-6)
+    # 1.8: the ELBO of N(phi, eps^2 I) by Monte Carlo, 2e5 draws (standard error ~ 0.01)
+    rng = np.random.default_rng(0)
+    phi, eps = np.array([0.4, -0.3]), 0.3
+    draws = phi + eps * rng.normal(size=(200_000, 2))
+    resid = y[None] - draws @ X.T
+    loglik = -0.5 * (resid**2).sum(1) / 0.25 - 2 * np.log(2 * np.pi * 0.25)
+    logprior = stats.multivariate_normal(w, np.eye(2) / lam).logpdf(draws)
+    elbo = np.mean(loglik + logprior) + stats.multivariate_normal(phi, eps**2 * np.eye(2)).entropy()
+    assert abs(all_answers()["1.8"](c.A, lam, eps) - (elbo - joint(phi))) < 0.05
+    # 2.6: (w, lam) maximises the Laplace log-likelihood: no nearby point does better
+    phis = np.array([[1.0, 5.0], [2.0, -1.0], [10.0, 0.0]])
+    loglik = lambda w, lam: stats.laplace(w, 1 / lam).logpdf(phis).sum()
+    w_hat, lam_hat = all_answers()["2.6"](phis)
+    for dw in (np.array([0.1, 0.0]), np.array([0.0, -0.1])):
+        for dl in (-0.01, 0.0, 0.01):
+            assert loglik(w_hat + dw, lam_hat + dl) < loglik(w_hat, lam_hat)
+    assert loglik(w_hat, lam_hat * 1.01) < loglik(w_hat, lam_hat) > loglik(w_hat, lam_hat / 1.01)
+    # 2.7: a grid search on -a/2 phi^2 + b phi - lam |phi - w| (a = 2, b = 7, w = 1, lam = 1: phi* = 3)
+    grid = np.linspace(-5, 5, 100_001)
+    for a, b, w, lam in ((2.0, 7.0, 1.0, 1.0), (4.0, 3.0, 0.5, 2.5), (0.5, -3.0, 0.4, 0.8)):
+        best = grid[np.argmax(-a / 2 * grid**2 + b * grid - lam * np.abs(grid - w))]
+        assert abs(all_answers()["2.7"](a, b, w, lam) - best) < 1e-4
+
+
+
+# notebooks 07-08: the exercises whose answers are printed nowhere
+
+
+def _macs76(D=0.3, positions=None, uniform=False, biases=False, rounded=True):  # 7.6 as written, or with a mistake
+    from torch import nn
+
+    from emfl.nn import models
+    from emfl.nn.algorithms.fedspa import erk_densities
+
+    net = models.make_model("lenet5", (3, 32, 32), 10)
+    layers = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    sizes = [m.weight.numel() for m in layers]
+    positions = positions or [c // n for c, n in zip(models.layer_macs(net, (3, 32, 32)), sizes)]
+    dens = [D] * len(layers) if uniform else erk_densities([tuple(m.weight.shape) for m in layers], D)
+    kept = [round(f * n) if rounded else f * n for f, n in zip(dens, sizes)]
+    return sum(k * p for k, p in zip(kept, positions)) + (sum(m.weight.shape[0] * p for m, p in zip(layers, positions))
+                                                         if biases else 0)
+
+
+def _freeze77(prune_alpha, T_end, k, count=math.floor, cosine=False):  # 7.7 round by round, or with a mistake
+    for t in range(T_end + 1):
+        c = math.cos(math.pi * t / T_end)
+        a_t = max(prune_alpha * c, 0.0) if cosine else (prune_alpha / 2 * (1 + c) if t < T_end else 0.0)
+        if count(a_t * k + 1e-12) == 0:
+            return t
+    return T_end
+
+
+def _g86(counts, log=np.log, factor=2.0, probabilities=False, expected=None, zeros=False):  # 8.6, or a mistake
+    n = counts / counts.sum() if probabilities else counts.astype(float)
+    e = n.sum(1, keepdims=True) * n.sum(0, keepdims=True) / n.sum() if expected is None else expected(n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = n * log(n / e)
+    return float(factor * (terms.sum() if zeros else np.where(n > 0, terms, 0.0).sum()))
+
+
+def _scipy_g(counts, correction=False):  # scipy's G test, on the rows and columns that hold an input
+    from scipy import stats
+
+    held = counts[counts.sum(1) > 0][:, counts.sum(0) > 0]
+    if min(held.shape) < 2:
+        return 0.0
+    return float(stats.chi2_contingency(held, correction=correction, lambda_="log-likelihood")[0])
+
+
+def _pearson86(counts):
+    e = counts.sum(1, keepdims=True) * counts.sum(0, keepdims=True) / counts.sum()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.where(e > 0, (counts - e) ** 2 / e, 0.0).sum())
+
+
+def _h87(K, N, log=np.log2, start=1):  # 8.7 with math.comb, or with a mistake
+    total = 0.0
+    for n in range(start, N + 1):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            total -= math.comb(N, n) * (1 / K) ** n * (1 - 1 / K) ** (N - n) * n / N * log(n / N)
+    return K * total
+
+
+def _simulated87(K, N, draws=2000):  # a Monte Carlo mean: close, not exact
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(draws):
+        _, c = np.unique(rng.integers(0, K, N), return_counts=True)
+        out.append(-(c / N * np.log2(c / N)).sum())
+    return float(np.mean(out))
+
+
+MISTAKES += [
+    ("7.6", _macs76(positions=[1, 1, 1, 1]), "uses each of its weights once at every position"),
+    ("7.6", _macs76(positions=[32 * 32, 14 * 14, 1, 1]), "fits at (H - 4) x (W - 4) positions"),
+    ("7.6", _macs76(positions=[28 * 28, 24 * 24, 1, 1]), "after a 2 x 2 max-pool"),
+    ("7.6", _macs76(uniform=True), "that keeps D of every layer's weights"),
+    ("7.6", _macs76(D=1.0), "the dense model's cost"),
+    ("7.6", _macs76(biases=True), "a bias is an addition"),
+    ("7.6", _macs76() / _macs76(D=1.0), "a share of the dense model's cost"),
+    ("7.6", _macs76(rounded=False), "a whole number"),
+    ("7.6", 1_000_000, "count, layer by layer"),
+    ("7.6", "3353148", "a whole number of multiply-adds"),
+    ("7.7", lambda a, T, k: _freeze77(a, T, k) - 1, "the last round whose move still swaps"),
+    ("7.7", lambda a, T, k: _freeze77(a, T, k) + 1, "rounds count from 0"),
+    ("7.7", lambda a, T, k: _freeze77(a, T, k, count=round), "round down"),
+    ("7.7", lambda a, T, k: _freeze77(a, T, k, cosine=True), "check alpha_t against exercise 7.1"),
+    ("7.7", lambda a, T, k: T, "alpha_t reaches 0 at round T_end"),
+    ("7.7", lambda a, T, k: T / math.pi * math.acos(max(-1.0, 2 / (a * k) - 1)) if a * k >= 1 else 0.5, "a whole number"),
+    ("7.7", lambda a, T, k: 5, "solve that for t"),
+    ("8.6", lambda counts: _g86(counts, log=np.log2), "natural logarithms"),
+    ("8.6", lambda counts: _g86(counts, factor=1.0), "twice the log"),
+    ("8.6", lambda counts: _g86(counts, probabilities=True), "G counts the examples"),
+    ("8.6", _pearson86, "Pearson's X^2"),
+    ("8.6", lambda counts: _g86(counts, expected=lambda n: n.sum() / n.size), "the product of the table's margins"),
+    ("8.6", lambda counts: _scipy_g(counts, correction=True), "Yates' continuity correction"),
+    ("8.6", lambda counts: _g86(counts, zeros=True), "not finite"),
+    ("8.6", lambda counts: -_g86(counts), "G is never negative"),
+    ("8.6", lambda counts: 1.0, "G = 2 sum over the cells"),
+    ("8.6", lambda counts: [1.0], "return one number"),
+    ("8.7", lambda K, N: _h87(K, N, log=np.log), "bits, not nats"),
+    ("8.7", lambda K, N: math.log2(min(K, N)), "the ceiling of exercise 8.1"),
+    ("8.7", lambda K, N: math.log2(K * (1 - (1 - 1 / K) ** N)), "treats the symbols that receive an input as equally"),
+    ("8.7", lambda K, N: _h87(K, N) / K, "that is one symbol's term"),
+    ("8.7", lambda K, N: math.log2(K) - (K - 1) / (2 * N * math.log(2)), "the first-order approximation"),
+    ("8.7", _simulated87, "close, but not the exact mean"),
+    ("8.7", lambda K, N: _h87(K, N, start=0), "not finite"),
+    ("8.7", lambda K, N: 1.0, "each count n_t is binomial"),
+    ("8.7", lambda K, N: [1.0], "return one number of bits"),
+]
+RIGHT += [
+    ("7.6", float(_macs76())),
+    ("7.6", np.int64(_macs76())),
+    ("7.7", _freeze77),
+    ("7.7", lambda a, T, k: float(next(t for t in range(T + 1) if math.floor(a / 2 * (1 + math.cos(math.pi * t / T)) * k) == 0))),
+    ("8.6", lambda counts: 2 * counts.sum() * math.log(2) * _plugin_ity(counts)),
+    ("8.6", _scipy_g),
+    ("8.6", _f32(lambda counts: _g86(counts))),
+    ("8.7", _h87),
+    ("8.7", lambda K, N: np.float32(_h87(K, N))),
+]
+
+
+def test_the_answers_of_notebooks_07_08_by_another_route():
+    import torch
+    from torch import nn
+
+    from emfl import personal_masks as pm
+    from emfl.nn import models
+    from emfl.nn.algorithms.fedspa import mask_layers
+
+    answers = all_answers()
+    # 7.6: a masked LeNet-5 whose kept weights are 1, run on an input of ones with every other
+    # parameter 0: a conv layer's output sums its kept weights over each position it is applied at
+    net = models.make_model("lenet5", (3, 32, 32), 10)
+    layers, counts = mask_layers(net, 0.3)
+    convs = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    total = 0.0
+    with torch.no_grad():
+        for m, k, (_, n, shape) in zip(convs, counts, layers):
+            w = torch.zeros(n)
+            w[torch.randperm(n, generator=torch.Generator().manual_seed(0))[:k]] = 1.0
+            if isinstance(m, nn.Conv2d):
+                side = {3: 32, 32: 14}[shape[1]]  # its input: the image, or conv1's output after the pool
+                total += float(nn.functional.conv2d(torch.ones(1, shape[1], side, side), w.view(shape)).sum())
+            else:
+                total += float(w.sum())
+    assert answers["7.6"] == round(total)
+    # 7.7: the toy world's masks move in the round before and never from the round it gives
+    data = pm.make_grouped_linreg(S=6, d=8, seed=2)
+    for T_end in (10, 12, 15):
+        alg = pm.fedspa(0.5, lam=1.0, prune_alpha=0.5, T_end=T_end)
+        state, moved = alg.init(np.zeros(8), data.S), []
+        for _ in range(T_end + 3):
+            old = state.masks
+            state, _ = alg.apply(state, data)
+            moved.append(bool((state.masks != old).any()))
+        t = answers["7.7"](0.5, T_end, 4)
+        assert moved[t - 1] and not any(moved[t:]), (T_end, t, moved)
+    # 8.6: scipy's likelihood-ratio test of independence
+    from scipy import stats
+
+    table = np.array([[7, 3, 1], [2, 8, 4]])
+    assert np.isclose(answers["8.6"](table), stats.chi2_contingency(table, lambda_="log-likelihood")[0])
+    # 8.7: the mean over 20,000 random codes, within four standard errors
+    rng = np.random.default_rng(1)
+    for K, N in ((5, 7), (64, 300)):
+        h = [-(c / N * np.log2(c / N)).sum() for c in (np.unique(rng.integers(0, K, N), return_counts=True)[1]
+                                                      for _ in range(20_000))]
+        assert abs(np.mean(h) - answers["8.7"](K, N)) < 4 * np.std(h) / np.sqrt(len(h))
+
+
+# notebooks 03-04: the exercises whose answers are printed nowhere
+
+
+def _span36(samples, centre=True):  # an orthonormal basis of the (centred) samples' span
+    X = samples - samples.mean(axis=0) if centre else samples
+    U, sv, _ = np.linalg.svd(X.T, full_matrices=False)
+    return U[:, sv > 1e-5 * max(sv.max(), 1.0)]  # what float32 leaves of a zero is below 1e-5
+
+
+def _limit36(samples, w, keep="null", centre=True):  # 3.6 as written, or with one of its mistakes
+    v, Q = w - samples.mean(axis=0), _span36(samples, centre)
+    return v - Q @ (Q.T @ v) if keep == "null" else Q @ (Q.T @ v)
+
+
+def _fp37(As, mus, lr, burn_in, steps, first=None, last=False):  # 3.7 by matrix powers, or with a mistake
+    I = np.eye(len(mus[0]))
+    first = burn_in + 1 if first is None else first
+    Ms = []
+    for A in As:
+        ts = [burn_in + steps] if last else range(first, burn_in + steps + 1)
+        Ms.append(sum(np.linalg.matrix_power(I - lr * A, t) for t in ts) / len(ts))
+    return np.linalg.solve(sum(I - M for M in Ms), sum((I - M) @ m for M, m in zip(Ms, mus)))
+
+
+def _lam46(x, y, s2, w, lam, th, ce, fit="ridge", sign=1.0, ce_used=None, scale=1.0):  # 4.6, or a mistake
+    a, b = x @ x / s2, x @ y / s2
+    ws = {"ridge": (b + lam * w) / (a + lam), "ls": b / a, "server": w}[fit]
+    bought = scale * ((y @ y - (y - x * ws) @ (y - x * ws)) / (2 * s2) - lam / 2 * (ws - w) ** 2)
+    return bought + sign * (ce if ce_used is None else ce_used) * np.log(th / (1 - th))
+
+
+def _p47(pi, beta, gamma, zeta, shift=True, temperature=True):  # 4.7 in log-odds, or with a mistake
+    t = beta if temperature else 1.0  # the temperature forgotten in s (log alpha from gates.log_alpha_for keeps it)
+    log_odds = np.log(pi / (1 - pi)) + (beta * np.log(-gamma / zeta) if shift else 0.0) - t * np.log((1 - gamma) / (zeta - 1))
+    return 1 / (1 + np.exp(-log_odds))
+
+
+MISTAKES += [
+    ("3.6", lambda samples, w: w - samples.mean(axis=0), "the delta at rho = 0"),
+    ("3.6", lambda samples, w: _limit36(samples, w, keep="span"), "you kept the directions the samples spread over"),
+    ("3.6", lambda samples, w: -_limit36(samples, w), "the sign"),
+    ("3.6", lambda samples, w: np.linalg.pinv(np.cov(samples, rowvar=False)) @ (w - samples.mean(axis=0)), "pseudo-inverse"),
+    ("3.6", lambda samples, w: _limit36(samples, w, centre=False), "centred samples"),
+    ("3.6", lambda samples, w: np.zeros_like(w), "one eigenvalue at a time"),
+    ("3.6", lambda samples, w: _limit36(samples, w)[:-1], "the limit should have shape"),
+    ("3.7", lambda As, mus, lr, b, n: _fp37(As, mus, lr, b, n, last=True), "FedAvg's fixed point after"),
+    ("3.7", lambda As, mus, lr, b, n: _fp37(As, mus, lr, b - 1, n), "off by one step"),  # x_b .. x_{b+n-1}
+    ("3.7", lambda As, mus, lr, b, n: _fp37(As, mus, lr, b + 1, n), "off by one step"),  # x_{b+2} .. x_{b+n+1}
+    ("3.7", lambda As, mus, lr, b, n: _fp37(As, mus, lr, b, n, first=1), "the burn-in steps are not averaged"),
+    ("3.7", lambda As, mus, lr, b, n: np.mean(mus, axis=0), "unlimited steps"),
+    ("3.7", lambda As, mus, lr, b, n: _solve(sum(As), sum(A @ m for A, m in zip(As, mus))), "that is the global optimum"),
+    ("3.7", lambda As, mus, lr, b, n: _solve(sum(As), sum(mus)), "average over the sampled steps"),
+    ("3.7", lambda As, mus, lr, b, n: np.stack(mus), "w should have shape"),
+    ("4.6", lambda *case: _lam46(*case, sign=-1.0), "the sign of the cross-entropy's part"),
+    ("4.6", lambda *case: _lam46(*case, ce_used=0.0), "not lambda0 alone"),
+    ("4.6", lambda *case: _lam46(*case, ce_used=1.0), "multiplied by ce_scale"),
+    ("4.6", lambda *case: _lam46(*case, fit="ls"), "your w_s ignores the slab"),
+    ("4.6", lambda *case: _lam46(*case, fit="server"), "refits w_s"),
+    ("4.6", lambda *case: _lam46(*case, scale=2.0), "over 2 sigma2"),
+    ("4.6", lambda *case: _lam46(*case, scale=0.5), "over 2 sigma2"),
+    ("4.6", lambda *case: 1.01 * _lam46(*case), "where lambda0 makes the two equal"),
+    ("4.6", lambda *case: [_lam46(*case)], "return one number"),
+    ("4.7", lambda pi, beta, gamma, zeta: pi, "that is P(z > 0)"),
+    ("4.7", lambda pi, beta, gamma, zeta: pi - _p47(pi, beta, gamma, zeta), "strictly between 0 and 1"),
+    ("4.7", lambda pi, beta, gamma, zeta: 1 - _p47(pi, beta, gamma, zeta), "the chance of z < 1"),
+    ("4.7", lambda pi, beta, gamma, zeta: _p47(pi, beta, gamma, zeta, shift=False), "log alpha is not logit(pi)"),
+    ("4.7", lambda pi, beta, gamma, zeta: _p47(pi, beta, gamma, zeta, temperature=False), "the temperature beta"),
+    ("4.7", lambda pi, beta, gamma, zeta: 1 - _p47(1 - pi, beta, gamma, zeta), "cannot exceed P(z > 0)"),
+    ("4.7", lambda pi, beta, gamma, zeta: pi**2, "solve for the uniform u"),
+    ("4.7", lambda pi, beta, gamma, zeta: np.array([pi, pi]), "return one number, a probability"),
+]
+
+RIGHT += [
+    # 3.6 through the eigenvectors of S whose eigenvalue is zero; in float32
+    ("3.6", lambda samples, w: (lambda e, U: U[:, e < 1e-9] @ (U[:, e < 1e-9].T @ (w - samples.mean(0))))(
+        *np.linalg.eigh(np.cov(samples, rowvar=False).reshape(len(w), len(w)) if len(samples) > 1 else np.zeros((len(w),) * 2)))),
+    ("3.6", _f32(lambda samples, w: _limit36(samples, w))),
+    ("3.7", lambda As, mus, lr, b, n: list(_fp37(As, mus, lr, b, n))),
+    ("3.7", lambda As, mus, lr, b, n: tuple(_fp37(As, mus, lr, b, n))),
+    # 4.6 by completing the square: min_ws J_on = y.y/(2 s2) + lam w^2/2 - (b + lam w)^2 / (2 (a + lam))
+    ("4.6", lambda x, y, s2, w, lam, th, ce: (x @ y / s2 + lam * w) ** 2 / (2 * (x @ x / s2 + lam)) - lam * w**2 / 2
+     + ce * math.log(th / (1 - th))),
+    ("4.6", lambda *case: np.float32(_lam46(*case))),
+    # 4.7 as odds: odds(pi) times ((-gamma / zeta) / ((1 - gamma) / (zeta - 1)))^beta
+    ("4.7", lambda pi, beta, gamma, zeta: 1 / (1 + (1 - pi) / pi * ((1 - gamma) * zeta / ((zeta - 1) * -gamma)) ** beta)),
+    ("4.7", lambda pi, beta, gamma, zeta: np.float32(_p47(pi, beta, gamma, zeta))),
+]
+
+
+def test_the_limit_of_exercise_3_6_is_fedpas_delta_at_a_large_rho():
+    """3.6's check reads rho_l Sigma^-1 (w - mu) as rho -> infinity: FedPA's own delta agrees."""
+    from emfl import fedpa
+
+    rng = np.random.default_rng(0)
+    samples, w = rng.normal(size=(3, 5)), rng.normal(size=5)
+    limit = all_answers()["3.6"](samples, w)
+    for rho in (1e6, 1e8):
+        np.testing.assert_allclose(fedpa.rho_l(3, rho) * fedpa.delta_exact(samples, w, rho), limit, atol=1e-4 * 1e6 / rho)
+
+
+def test_the_fixed_point_of_exercise_3_7_is_where_full_batch_fedpa_stops():
+    """Iterate the server map of FedPA at rho = 0 with full-batch clients: it stops at 3.7's answer."""
+    from emfl import fedpa
+
+    As = [np.array([[3.0, 1.0], [1.0, 0.5]]), np.array([[0.4, -0.3], [-0.3, 2.0]])]
+    mus = [np.array([1.0, 2.0]), np.array([-2.0, 0.5])]
+    w = np.zeros(2)
+    for _ in range(3000):
+        deltas = [fedpa.client_update(lambda x, A=A, mu=mu: A @ (x - mu), w, 0.2, 4, 3, 2, 0.0) for A, mu in zip(As, mus)]
+        w = w - np.mean(deltas, axis=0)
+    np.testing.assert_allclose(w, all_answers()["3.7"](As, mus, 0.2, 4, 6), atol=1e-9)
+
+
+def test_the_probability_of_exercise_4_7_is_the_gates():
+    """4.7's P(z = 1), against Monte Carlo of emfl.nn.gates at Louizos et al.'s beta, gamma, zeta."""
+    torch = pytest.importorskip("torch")
+    from emfl.nn import gates
+
+    gen = torch.Generator().manual_seed(0)
+    for pi in (0.3, 0.9):
+        z = gates.hard_concrete_sample(gates.log_alpha_for(torch.full((400_000,), pi)), generator=gen)
+        right = all_answers()["4.7"](pi, gates.BETA, gates.GAMMA, gates.ZETA)
+        assert abs((z == 1).double().mean().item() - right) < 4 * math.sqrt(right * (1 - right) / 400_000)
+
+
+# notebooks 03b, 05, 06: the exercises whose answers are printed nowhere
+def lr03b():
+    # the records the cell of exercise 3b.6 returns (CIFAR-10, 3 rounds, server lr 1e-3 and 1e-2): the check
+    # reads only global_acc, and its right letter follows from whatever the student's run printed
+    return {"runs": {1e-3: {"round": 3, "global_acc": 0.165}, 1e-2: {"round": 3, "global_acc": 0.100}}}
+
+
+def femnist06():
+    from emfl.nn import history
+
+    return {"runs": history.load_runs(ROOT / "results", "femnist", subdirs=("schedule",))}
+
+
+CONTEXT.update({"3b.6": lr03b, "5.7": cifar05, "6.6": femnist06, "6.7": femnist06})
+
+
+def _rounds35(budget, model, clients, count=math.floor, per_value=8, per_client=True, gib=2**30, biases=True):
+    d = sum(p.numel() for p in model.parameters() if biases or p.dim() > 1)
+    return count(budget * gib / (per_value * d * (clients if per_client else 1)))
+
+
+def _units66(doc, per_unit=8, per_client=True, per_round=True, since_start=False):
+    a, b = doc["records"][-2], doc["records"][-1]
+    if since_start:
+        a = {"round": 0, "bytes_down": 0, "bytes_up": 0}
+    extra = (b["bytes_down"] - a["bytes_down"]) - (b["bytes_up"] - a["bytes_up"])
+    return extra / ((b["round"] - a["round"]) if per_round else 1) / (
+        doc["config"]["clients_per_round"] if per_client else 1) / per_unit
+
+
+_S57, _S58, _S67 = solutions("05")["5.7"], solutions("05")["5.8"], solutions("06")["6.7"]
+_LOGIT = lambda p: math.log(p / (1 - p))  # noqa: E731
+
+MISTAKES += [
+    ("3b.5", lambda b, m, c: _rounds35(b, m, c, count=round), "round down"),
+    ("3b.5", lambda b, m, c: _rounds35(b, m, c, count=math.ceil), "round down"),
+    ("3b.5", lambda b, m, c: _rounds35(b, m, c, per_value=4), "both ways"),
+    ("3b.5", lambda b, m, c: _rounds35(b, m, c, per_client=False), "every client of the round"),
+    ("3b.5", lambda b, m, c: _rounds35(b, m, c, per_value=2), "4 bytes a float32 value"),
+    ("3b.5", lambda b, m, c: _rounds35(b, m, c, gib=1e9), "not 10^9"),
+    ("3b.5", lambda b, m, c: _rounds35(b, m, c, biases=False), "the biases are sent too"),
+    ("3b.5", lambda b, m, c: _rounds35(b, m, c, count=lambda x: x), "rounded down"),
+    ("3b.5", lambda b, m, c: _rounds35(b, m, c) + 7, "count the model's values"),
+    ("3b.5", lambda b, m, c: str(_rounds35(b, m, c)), "return a whole number of rounds"),
+    ("3b.6", "a", "Adam's step does not grow"),
+    ("3b.6", "b", "dividing by sqrt(v_hat)"),
+    ("3b.6", "z", "answer with one letter"),
+    ("5.7", ("conv2", _S57[1]), "compare the step in sparsity_own"),
+    ("5.7", ("fc1", _S57[1]), "compare the step in sparsity_own"),
+    ("5.7", (_S57[0], 64), "not every unit of the next layer"),
+    ("5.7", (_S57[0], 64 - _S57[1]), "the next layer's pruned units"),
+    ("5.7", (_S57[0], round((_S57[1] * 25 + 76) / 25)), "also holds the pruned unit's own group"),
+    ("5.7", (_S57[0], _S57[1] - 1), "divide it by the weights"),
+    ("5.7", ("conv3", _S57[1]), "name one of the gated layers"),
+    ("5.7", (_S57[0], _S57[1] + 0.5), "a whole number"),
+    ("5.7", _S57[0], "answer with a pair"),
+    ("5.8", _S58 * 801 / 800, "counts its bias too"),
+    ("5.8", _S58 * _LOGIT(1 - 1e-7) / _LOGIT(0.99), "not saturated"),
+    ("5.8", _S58 / 500, "N_s divides both terms"),
+    ("5.8", _S58 * 801 / 76, "a conv1 filter's size"),
+    ("5.8", _S58 * 801 / 1601, "an fc1 unit's size"),
+    ("5.8", _S58 * 801 / 13_601, "belong to fc1's groups"),
+    ("5.8", -_S58, "lam0* is positive"),
+    ("5.8", 1e-3, "change sign"),
+    ("5.8", "5.7e-7", "a value of lam0"),
+    ("6.6", lambda doc: _units66(doc, per_client=False), "divide by the clients"),
+    ("6.6", lambda doc: _units66(doc, per_unit=4), "two numbers of 4 bytes"),
+    ("6.6", lambda doc: _units66(doc, per_round=False), "running totals"),
+    ("6.6", lambda doc: 608 - _units66(doc), "counts the units pruned"),
+    ("6.6", lambda doc: _units66(doc, since_start=True), "the mean since round 0"),
+    ("6.6", lambda doc: _units66(doc) + 1, "take one round's download minus its upload"),
+    ("6.6", lambda doc: [_units66(doc)], "return one number of units"),
+    ("6.7", tuple(u - n for u, n in zip((32, 64, 512), _S67)), "not those alive"),
+    ("6.7", (_S67[0], _S67[1], _S67[2] - 1), "must add up to the units pruned"),
+    ("6.7", (_S67[0] - 1, _S67[1] + 1, _S67[2]), "own groups must make up sparsity_own"),
+    ("6.7", (_S67[0], _S67[1], _S67[2] + 0.5), "three whole numbers"),
+    ("6.7", _S67[:2], "three whole numbers"),
+    ("6.7", "3, 1, 153", "three whole numbers"),
+]
+RIGHT += [
+    ("3b.5", lambda b, m, c: float(math.floor(b * 2**30 / (8 * c * __import__("emfl.nn.models").nn.models.num_parameters(m))))),
+    ("3b.5", lambda b, m, c: np.int64(b * 2**30 // (2 * 4 * c * sum(p.numel() for p in m.parameters())))),
+    ("3b.6", "C"),
+    ("3b.6", "(c)"),
+    ("5.7", ["conv1", float(_S57[1])]),
+    ("5.7", (" Conv1", np.int64(_S57[1]))),
+    ("5.8", np.float32(_S58)),
+    ("5.8", 5.74e-7),
+    ("6.6", lambda doc: np.float32(_units66(doc))),
+    # from the download alone: 4 B a value alive, 8 B a surviving unit, 76 B of mask bits, per client
+    ("6.6", lambda doc: round(((doc["records"][-1]["bytes_down"] - doc["records"][-2]["bytes_down"])
+                               / (doc["records"][-1]["round"] - doc["records"][-2]["round"])
+                               / doc["config"]["clients_per_round"]
+                               - 4 * round((1 - doc["records"][-1]["sparsity"]) * doc["model_parameters"]) - 76) / 8)),
+    ("6.7", list(_S67)),
+    ("6.7", np.array(_S67, dtype=float)),
+]
+CHOICES.append(("3b.6", "c", {"a": "Adam's step does not grow", "b": "dividing by sqrt(v_hat)"}))
+
+
+def test_3b6_is_checked_against_the_run_the_student_made():
+    # the right letter is read off the student's own run, whatever it printed
+    up = {1e-3: {"global_acc": 0.15}, 1e-2: {"global_acc": 0.19}}
+    same = {1e-3: {"global_acc": 0.15}, 1e-2: {"global_acc": 0.16}}
+    assert exercises.check("3b.6", "a", runs=up).ok and exercises.check("3b.6", "b", runs=same).ok
+    assert "compare the two global accuracies your run printed" in exercises.check("3b.6", "c", runs=up).message
+    assert "run the exercise's cell first" in exercises.check("3b.6", "c", runs={}).message
+    assert "generated images" in exercises.check("3b.6", "c", runs=up, source="generated images").message
+
+
+def test_the_units_of_exercises_6_6_and_6_7_agree_with_a_run_that_records_them():
+    """6.6's byte count of the units alive, on an ablation run that also records its units per layer."""
+    from emfl.nn import history
+
+    doc = history.load_history(ROOT / "results" / "ablation" / "femnist_fedsparse-mid_seed0.json")
+    assert doc["records"][-1]["tv_max"] == 0
+    assert all_answers()["6.6"](doc) == sum(doc["records"][-1]["alive_units"].values())
+
+
+# notebook 05b: the exercises whose answers are printed nowhere
+MISTAKES += [
+    ("5b.3", lambda theta: (1 - theta) / theta, "how many dropped gates cancel one kept gate"),
+    ("5b.3", lambda theta: 1 / (1 - theta), "n (1 - theta) = theta, solved for n"),
+    ("5b.3", lambda theta: theta.clamp(max=1 - 1e-7) / (1 - theta.clamp(max=1 - 1e-7)), "unclamped"),
+    ("5b.3", lambda theta: (theta / (1 - theta)).sum(), "one count per gate"),
+    ("5b.3", lambda theta: theta, "solve for n"),
+    ("5b.4", lambda margin: 1 / (1 + math.exp(-margin)), "divide the margin by the temperature"),
+    ("5b.4", lambda margin: math.log(margin / 1e-3), "that is a logit"),
+    ("5b.4", lambda margin: 1 - math.exp(-margin / 1e-3), "not 1 - exp(-x)"),
+    ("5b.4", lambda margin: margin / 1e-3, "Solve for theta0"),
+    ("5b.4", lambda margin: [margin, margin], "return one number"),
+]
+RIGHT += [
+    ("5b.3", lambda theta: [t / (1 - t) if t < 1 else math.inf for t in theta.tolist()]),
+    ("5b.3", lambda theta: theta * torch_reciprocal(1 - theta)),
+    ("5b.3", lambda theta: np.divide(theta.numpy(), np.float32(1) - theta.numpy(), where=theta.numpy() < 1,
+                                     out=np.full(theta.shape, np.inf, dtype=np.float32))),
+    ("5b.4", lambda margin: 0.5 * (1 + math.tanh(margin / 2e-3))),
+    ("5b.4", lambda margin: float(__import__("scipy.special").special.expit(1000 * margin))),
+]
+
+
+def torch_reciprocal(x):
+    import torch
+
+    return torch.reciprocal(x)
+
+
+def test_the_tug_of_war_counts_by_a_server_that_is_run():
+    # 5b.3 by another route: the server's summed threshold gradient of n kept gates and one dropped gate
+    # changes sign at n = theta / (1 - theta); at a theta of 1.0 in float32 no n makes it negative
+    import torch
+
+    from emfl.nn import gates
+
+    theta = torch.tensor([0.9, 0.99, 1.0])
+    v = torch.zeros(3)
+    total = lambda n: n * gates.server_v_gradient(torch.ones(3), theta, v) + gates.server_v_gradient(torch.zeros(3), theta, v)
+    answer = np.asarray(all_answers()["5b.3"](theta))
+    assert float(total(8)[0]) < 0 < float(total(10)[0]) and 8 < answer[0] < 10
+    assert float(total(98)[1]) < 0 < float(total(100)[1]) and 98 < answer[1] < 100
+    assert float(total(10**9)[2]) < 0 and math.isinf(answer[2])
+
+
+def test_theta0_for_a_margin_gives_the_margin_back():
+    # 5b.4 by another route: the threshold init_threshold sets from theta0 leaves the margin asked for
+    import torch
+
+    from emfl.nn import gates
+
+    norm = torch.tensor([0.58], dtype=torch.float64)
+    for margin in (0.0046, 0.0092, 0.012):
+        theta0 = all_answers()["5b.4"](margin)
+        v = gates.init_threshold(norm, theta0, T=1e-3)
+        tau = torch.nn.functional.softplus(v)
+        assert abs(float(norm - tau) - margin) < 1e-6
 
 
 def _ids(table):

@@ -29,7 +29,7 @@ def test_average_held_by_hand():
 
 def test_every_mask_keeps_its_density_and_moves_less_as_alpha_anneals():
     data = pm.make_grouped_linreg(S=6, d=8, seed=2)
-    alg = pm.fedspa(0.5, lam=1.0, alpha=0.5, T=6)
+    alg = pm.fedspa(0.5, lam=1.0, prune_alpha=0.5, T_end=6)
     state = alg.init(np.zeros(8), data.S)
     moved = []
     for _ in range(8):
@@ -45,7 +45,7 @@ def test_every_mask_keeps_its_density_and_moves_less_as_alpha_anneals():
 def test_a_full_mask_is_hard_em_fedavg():
     data = linreg.make_federated_linreg(S=5, d=3, lam_true=2.0, n_range=(8, 30), seed=3)
     lam = 2.0
-    alg = pm.fedspa(1.0, lam=lam, alpha=0.5, T=5)
+    alg = pm.fedspa(1.0, lam=lam, prune_alpha=0.5, T_end=5)
     state = alg.init(np.zeros(3), data.S)
     w = np.zeros(3)
     for _ in range(4):
@@ -64,8 +64,8 @@ def test_grouped_clients_use_their_groups_features():
 def test_bad_input():
     with pytest.raises(ValueError, match="density must be in"):
         pm.fedspa(0.0, lam=1.0)
-    with pytest.raises(ValueError, match="alpha must be in"):
-        pm.fedspa(0.5, lam=1.0, alpha=2.0)
+    with pytest.raises(ValueError, match="prune_alpha must be in"):
+        pm.fedspa(0.5, lam=1.0, prune_alpha=2.0)
     alg = pm.fedspa(0.5, lam=1.0)
     with pytest.raises(ValueError, match="init\\(w0, S=6\\)"):
         alg.apply(alg.init(np.zeros(8), 3), pm.make_grouped_linreg(S=6, d=8))

@@ -125,6 +125,29 @@ def test_probe_points_and_the_jump_at_averaging_by_hand():
         probe_points(doc, "act7")
 
 
+def test_the_plane_draws_each_layer_in_the_colour_other_figures_read_and_names_it_on_request():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import same_color
+
+    from emfl.nn.probes import layer_colours, plot_info_plane
+
+    doc = _probed()
+    doc["probes"] += [{**r, "layer": "act2", "ixt": r["ixt"] / 2} for r in doc["probes"]]
+    colours = layer_colours(doc)
+    assert list(colours) == ["act1", "act2"] and not same_color(colours["act1"], colours["act2"])
+    fig, ax = plt.subplots()
+    plot_info_plane(ax, doc, legend=True)
+    lines = {line.get_label(): line for line in ax.lines if not line.get_label().startswith("_")}
+    assert set(lines) == {"act1", "act2"} and all(same_color(lines[k].get_color(), colours[k]) for k in lines)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["act1", "act2"]
+    plot_info_plane(ax2 := fig.add_subplot(2, 1, 2), doc)
+    assert ax2.get_legend() is None
+    plt.close(fig)
+
+
 def test_a_probed_run_keeps_what_the_plane_needs_and_its_weights_reproduce_its_numbers():
     from emfl import info
     from emfl.nn.probes import info_flow, server_activations

@@ -16,7 +16,7 @@ from emfl import info
 from emfl.nn.state import state_vector
 
 __all__ = ["InfoProbe", "layer_activations", "local_steps", "probed_run", "info_flow", "lenet_info_flow", "probe_points", "averaging_jumps",
-           "server_activations", "plot_info_plane", "run_label", "load_info_runs", "period_label"]
+           "server_activations", "layer_colours", "plot_info_plane", "run_label", "load_info_runs", "period_label"]
 
 
 @torch.no_grad()
@@ -201,15 +201,26 @@ def server_activations(doc: dict, rnd: int, layers=None) -> tuple:
     return layer_activations(model, z.view(-1, 1, 1, x.shape[1]), layers), y
 
 
-def plot_info_plane(ax, doc: dict, layers=None, key: str = "", clients: bool = True, title: str = ""):
-    """The information plane of a probed run on ``ax``: per layer the server's points after each
-    averaging joined in round order (a circle at the start, a star at the end) and, faint, the
-    clients' points just before each averaging."""
+def layer_colours(doc: dict) -> dict:
+    """``{layer: colour}`` for every layer a probed run probed, from dark (the first) to light (the
+    last): the colours :func:`plot_info_plane` draws the layers in, for any other figure of the run."""
     import matplotlib.pyplot as plt
 
-    layers = layers or sorted({r["layer"] for r in doc["probes"]})
-    colours = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(layers)))
-    for layer, c in zip(layers, colours):
+    layers = sorted({r["layer"] for r in doc["probes"]})
+    return dict(zip(layers, plt.get_cmap("plasma")(np.linspace(0, 0.85, len(layers)))))
+
+
+def plot_info_plane(ax, doc: dict, layers=None, key: str = "", clients: bool = True, title: str = "",
+                    legend: bool = False):
+    """The information plane of a probed run on ``ax``: per layer the server's points after each
+    averaging joined in round order (a circle at the start, a star at the end) and, faint, the
+    clients' points just before each averaging; colours from :func:`layer_colours`.  ``legend``:
+    name the layers in the lower right corner, where no layer goes (a layer that tells the inputs
+    apart, far right, also tells the labels apart: high up)."""
+    colours = layer_colours(doc)
+    layers = layers or list(colours)
+    for layer in layers:
+        c = colours[layer]
         _, ixt, ity = probe_points(doc, layer, "server", key)
         ax.plot(ixt, ity, "-", color=c, lw=1.2, label=layer)
         ax.plot(ixt[0], ity[0], "o", color=c, ms=5)
@@ -221,6 +232,8 @@ def plot_info_plane(ax, doc: dict, layers=None, key: str = "", clients: bool = T
     ax.set_ylabel("I(T;Y), bits")
     if title:
         ax.set_title(title, fontsize=10)
+    if legend:
+        ax.legend(loc="lower right", fontsize=8)
     return ax
 
 

@@ -10,7 +10,7 @@ FedSpa keeps the gates with the client and lets the server average only what eac
   the client sent it the last time it changed; the first one is drawn from a seed both know).
 * Client (E-step): SGD on the mean batch loss of the masked model (gradients off the mask dropped:
   sparse to sparse).  Then the mask moves: in every layer the fraction
-  ``alpha_t = alpha / 2 (1 + cos(pi t / T))`` of its active weights with the smallest magnitude is
+  ``alpha_t = prune_alpha / 2 (1 + cos(pi t / T_end))`` of its active weights with the smallest magnitude is
   switched off and as many inactive ones with the largest dense gradient are switched on.
 * Client's message: the trained values at the mask it trained with, and the new mask (a bit per
   maskable weight) when it changed; the server remembers it (``remember``) for the next message.
@@ -22,7 +22,7 @@ FedSpa keeps the gates with the client and lets the server average only what eac
 From FedSpa's abstract: personal masks of fixed density, sparse-to-sparse local training, masked
 messages both ways, personalised evaluation (local accuracy: each client's model on its own test
 set).  From the same group's DisPFL code, not verified for FedSpa (``../shared/NOTES.md`` section
-7): ERK layer densities at the start, the cosine-annealed prune fraction with ``alpha = 0.5``,
+7): ERK layer densities at the start, the cosine-annealed prune fraction with ``prune_alpha = 0.5``,
 regrowth by the largest dense gradient.  Assumed here: the dense gradient is that of the last
 local step; a weight pruned this round is not regrown in it (so every layer keeps its count
 exactly); biases and every value outside conv and linear weights are held by every mask; the
@@ -59,9 +59,9 @@ __all__ = ["FedSpa", "Params", "erk_densities", "mask_layers", "mac_share"]
 @dataclass(frozen=True)
 class Params:
     density: float = setting(0.5, "share D of each client's conv and linear weights its mask holds (ERK per layer)")
-    prune_alpha: float = setting(0.5, "fraction alpha of active weights pruned and regrown at round 0, "
+    prune_alpha: float = setting(0.5, "fraction prune_alpha of active weights pruned and regrown at round 0, "
                                       "annealed to 0 by a cosine")
-    anneal_rounds: int = setting(0, "rounds T over which the prune fraction anneals (0: the run's --rounds)")
+    anneal_rounds: int = setting(0, "rounds T_end over which the prune fraction anneals (0: the run's --rounds)")
 
     def __post_init__(self):
         d = self.density
@@ -211,8 +211,8 @@ class FedSpa(Algorithm):
         losses = local_sgd(rt, job, lambda x, y: F.cross_entropy(model(x), y), keep=keep, on_step=last_gradient)
         w_s = state_vector(model)
         dense_grad = torch.cat([g.reshape(-1) for g in grads[0]]) if grads[0] else torch.zeros_like(w_s)
-        T = self.params.anneal_rounds or self.setup.config.rounds
-        new = self.moved(mask, w_s, dense_grad, prune_fraction(self.params.prune_alpha, job.rnd, T))
+        T_end = self.params.anneal_rounds or self.setup.config.rounds
+        new = self.moved(mask, w_s, dense_grad, prune_fraction(self.params.prune_alpha, job.rnd, T_end))
         # the trained values at the mask trained with; the new mask when it moved
         up = Bundle(w=Masked(w_s, held)) if torch.equal(new, mask) else Bundle(w=Masked(w_s, held), mask=Bits(new))
         return ClientResult(up, float(np.mean(losses)), local=w_s, memory=pack_bits(new))

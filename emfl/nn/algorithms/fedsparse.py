@@ -95,9 +95,10 @@ class Params:
 
 def regulariser(pi, theta, sizes, lam0: float, n_s: int = 1, ce_scale: float = CE_SCALE):
     """The prior's part of the local loss (Eq. 41 with lam = 0): ``lam0 sum_g |g| pi_g`` (every
-    value of a group pays the L0 cost) minus ``ce_scale`` (1e-4) times the gates' cross-entropy to
-    ``theta`` (Eq. 38), divided by ``n_s`` (1 for ``sparse_reg = "batch"``, the client's size for
-    ``"example"``)."""
+    value of a group pays the L0 cost) plus ``ce_scale`` (1e-4) times the gates' cross-entropy
+    ``H(pi, theta)``, which is minus Eq. 38 (``gates.gate_cross_entropy`` returns Eq. 38,
+    ``E_pi[log p(z | theta)] = -H``), divided by ``n_s`` (the client's size for ``sparse_reg =
+    "example"``, 1 for ``"batch"``)."""
     return (lam0 * (sizes * pi).sum() - ce_scale * gates.gate_cross_entropy(pi, theta)) / n_s
 
 
