@@ -101,4 +101,4 @@ def test_the_comparison_sees_a_cell_that_changes_its_own_input():
     nb.cells = [nbformat.v4.new_code_cell("lr = 0.5"), nbformat.v4.new_code_cell(step), nbformat.v4.new_code_cell(step)]
     nbclient.NotebookClient(nb, timeout=120, kernel_name="python3").execute()
     first, second = (compared_text(c, sanitisers()) for c in nb.cells[1:])
-    assert first == [("stream", "0.25\n")] and second == [("stream", "0.0625\n")]
+    assert first == [("stream", "0.25\n")] and second == [("stream", "0.125\n")]
