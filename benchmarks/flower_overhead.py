@@ -37,6 +37,7 @@ def main() -> int:
     ap.add_argument("--algo", default="fedavg")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--data-dir", default=os.environ.get("EMFL_DATA_DIR", str(ROOT.parent / "shared" / "data")))
+    ap.add_argument("--without-simulation", action="store_true", help="the engine and the deployment only")
     args = ap.parse_args()
     import torch
 
@@ -55,6 +56,8 @@ def main() -> int:
         "Flower deployment, 2 SuperNodes": lambda out: deploy(config, out, supernodes=2, data_dir=args.data_dir,
                                                               checkpoint_dir=tmp),
     }
+    if args.without_simulation:
+        del paths["Flower simulation, 2 nodes"]
     rows = []
     for i, (name, go) in enumerate(paths.items()):
         start = time.perf_counter()

@@ -75,6 +75,10 @@ def _run(args) -> int:
     except Interrupted as err:
         print(str(err), file=sys.stderr)
         return 130
+    except Stopped as err:
+        print(f"stopped by {err}: every process of the deployment is stopped; what finished is in {args.out} "
+              "and its checkpoint: continue with --resume", file=sys.stderr)
+        return 128 + err.signum
     except KeyboardInterrupt:
         print(f"interrupted; what finished is in {args.out} and its checkpoint: continue with --resume",
               file=sys.stderr)
@@ -90,7 +94,8 @@ def _run(args) -> int:
 
 
 def _flower(config, args) -> dict:
-    """``emfl flower``: the run on Flower (deployment, or the simulation with --simulation)."""
+    """``emfl flower``: the run on Flower (a deployment, or the simulation with --simulation).
+    SIGTERM and SIGHUP (a closed terminal) stop the deployment in order, as Ctrl-C does."""
     from emfl.flower import FlowerError, require_flower
 
     require_flower()
@@ -99,12 +104,88 @@ def _flower(config, args) -> dict:
     common = dict(supernodes=args.supernodes, data_dir=args.data_dir, resume=args.resume,
                   checkpoint_dir=args.checkpoint_dir, round_timeout=args.round_timeout)
     if args.simulation:
-        from emfl.flower.apps import simulate
+        import os
 
-        return simulate(config, args.out, threads_per_node=args.threads, **common)
+        from emfl.flower.apps import simulate
+        from emfl.flower.guard import stop_tree
+
+        try:
+            with _signals_stop():
+                return simulate(config, args.out, threads_per_node=args.threads, **common)
+        finally:  # Ray's processes (its agents outlive a Ctrl-C during its start by 30-90 s) go with the command
+            stop_tree(os.getpid())
     from emfl.flower.deploy import deploy
 
-    return deploy(config, args.out, port=args.port, threads=args.threads, keep_logs=args.keep_logs, **common)
+    public_keys = args.public_keys
+    if args.superlink and args.certificates and public_keys is None:  # the keys flower-keys wrote beside them
+        public_keys = sorted(str(p) for p in Path(args.certificates).expanduser().glob("node*.pub"))
+    with _signals_stop():
+        return deploy(config, args.out, port=args.port, threads=args.threads, keep_logs=args.keep_logs,
+                      superlink=args.superlink, certificates=args.certificates, public_keys=public_keys or (),
+                      insecure=args.insecure, **common)
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP reached the command: stop as Ctrl-C does."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class _signals_stop:
+    """While active, SIGTERM and SIGHUP raise :class:`Stopped` in the main thread."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                self.previous[sig] = signal.signal(sig, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise Stopped(signum)
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def _flower_node(args) -> int:
+    """``emfl flower --supernode``: this machine's SuperNode and its worker, until stopped."""
+    from emfl.flower import FlowerError
+
+    try:
+        from emfl.flower.deploy import supernode
+
+        with _signals_stop():
+            return supernode(args.superlink, args.partition, args.partitions, data_dir=args.data_dir,
+                             certificates=args.certificates, node_key=args.node_key, insecure=args.insecure,
+                             threads=args.threads)
+    except FlowerError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Stopped as err:
+        print(f"SuperNode stopped ({err}); a run it served continues when a node takes its place", file=sys.stderr)
+        return 128 + err.signum
+    except KeyboardInterrupt:
+        print("SuperNode stopped", file=sys.stderr)
+        return 130
+
+
+def _flower_keys(args) -> int:
+    from emfl.flower.security import main_keys
+
+    return main_keys(args.rest)
 
 
 def _algorithm_settings() -> dict:
@@ -140,6 +221,17 @@ def _add_run_parser(sub, name="run"):
         p.add_argument("--threads", type=int, default=1, help="torch threads per SuperNode")
         p.add_argument("--keep-logs", dest="keep_logs", action="store_true",
                        help="keep the Flower logs (a temporary folder, printed) after a good run too")
+        p.add_argument("--superlink", default=None, metavar="HOST:PORT",
+                       help="the SuperLink listens on HOST:PORT for SuperNodes on other machines (started there "
+                            "with `python -m emfl flower --supernode`); off 127.0.0.1 it needs --certificates and "
+                            "the nodes' --public-keys")
+        p.add_argument("--certificates", default=None, metavar="DIR",
+                       help="TLS: a folder with ca.pem, server.pem, server.key (test ones: python -m emfl "
+                            "flower-keys); with --superlink, its node*.pub are the admitted SuperNodes' keys")
+        p.add_argument("--public-keys", dest="public_keys", nargs="*", default=None, metavar="KEY.pub",
+                       help="the public keys of the SuperNodes the SuperLink admits (default: DIR/node*.pub)")
+        p.add_argument("--insecure", action="store_true",
+                       help="plain gRPC with --superlink (a loopback address only)")
         _run_flags(p)
         return
     p = sub.add_parser("run", help="a federated training run on CIFAR-10 or FEMNIST", allow_abbrev=False,
@@ -305,7 +397,34 @@ def main(argv=None) -> int:
                      "(default 0.1 for bits, 1.0 for LeNet-5)")
     inf.add_argument("--out", required=True, help="the JSON history to write")
     inf.set_defaults(func=_info_flow)
+    node = sub.add_parser("flower-node", help="a SuperNode and its worker on this machine, serving its share of "
+                          "the clients of the runs a SuperLink (python -m emfl flower --superlink) sends; also "
+                          "written `python -m emfl flower --supernode ...`",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    node.add_argument("--superlink", required=True, metavar="HOST:PORT", help="the SuperLink to dial")
+    node.add_argument("--partition", type=int, required=True, help="this node's number i: it serves clients s "
+                      "with s mod N == i")
+    node.add_argument("--supernodes", "--partitions", dest="partitions", type=int, required=True,
+                      help="N, the number of SuperNodes of the run")
+    node.add_argument("--certificates", default=None, metavar="CA",
+                      help="the CA certificate (ca.pem, or the folder holding it) that signed the SuperLink's")
+    node.add_argument("--node-key", dest="node_key", default=None, metavar="KEY",
+                      help="this node's private key (its public key is registered on the SuperLink)")
+    node.add_argument("--insecure", action="store_true", help="plain gRPC (a SuperLink on a loopback address only)")
+    node.add_argument("--data-dir", default=None, help="this machine's copy of the data (default: $EMFL_DATA_DIR)")
+    node.add_argument("--threads", type=int, default=1, help="torch threads of the worker")
+    node.set_defaults(func=_flower_node)
+    keys = sub.add_parser("flower-keys", help="test TLS certificates and SuperNode key pairs for a deployment on "
+                          "several machines", add_help=False)
+    keys.add_argument("rest", nargs=argparse.REMAINDER)
+    keys.set_defaults(func=_flower_keys)
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["flower-keys"]:  # its own parser
+        from emfl.flower.security import main_keys
+
+        return main_keys(argv[1:])
+    if argv[:1] == ["flower"] and "--supernode" in argv:  # the node's role of `emfl flower`
+        argv = ["flower-node"] + [a for a in argv[1:] if a != "--supernode"]
     args = parser.parse_args(argv)
     if getattr(args, "parser", None) is not None:
         args.explicit = _explicit(argv, args.parser)

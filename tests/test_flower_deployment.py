@@ -79,10 +79,116 @@ def test_a_supernode_that_dies_ends_the_run_with_a_clear_error(tmp_path):
 
     def kill_one(dep):
         seen["dep"] = dep
-        p, _ = dep.procs["supernode1"]
-        os.killpg(p.pid, signal.SIGKILL)
+        os.kill(dep.pids["supernode1"], signal.SIGKILL)
 
     config = make_config("fedavg", task="bits", model="mlp-tanh", rounds=2, eval_every=1, clients_per_round=4)
     with pytest.raises(FlowerError, match="supernode1 stopped"):
         deploy(config, tmp_path / "x.json", supernodes=2, checkpoint_dir=tmp_path / "ck", on_started=kill_one)
     assert seen["dep"].left_over() == []  # no orphan: SuperLink, SuperNodes, ServerApp, ClientApps all gone
+
+
+def _second_loopback() -> str:
+    """127.0.0.2 where it can be bound (Linux), else 127.0.0.1: a SuperLink on an address of its own."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.2", 0))
+        return "127.0.0.2"
+    except OSError:
+        return "127.0.0.1"
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    """Test certificates for the SuperLink's address (and 127.0.0.1, where its ServerApp dials it),
+    two registered node keys and one that is not."""
+    from emfl.flower.security import make_certificates, make_node_key
+
+    folder = tmp_path_factory.mktemp("keys")
+    host = _second_loopback()
+    make_certificates(folder, [host, "127.0.0.1"])
+    for name in ("node0", "node1"):
+        make_node_key(folder, name)
+    make_node_key(folder / "stranger", "node9")
+    return folder, host
+
+
+def test_a_tls_deployment_of_three_roles_with_node_authentication_writes_the_engines_run(tmp_path, keys):
+    """What a user types on three machines, here on one: the server's role (a SuperLink on an
+    address of its own, TLS, the two nodes' public keys) and two `--supernode` roles, each with
+    the CA's certificate and its own private key."""
+    import subprocess
+
+    from emfl.__main__ import main
+    from emfl.flower.deploy import free_port
+
+    folder, host = keys
+    flags = ["--task", "bits", "--model", "mlp-tanh", "--eval-every", "1", "--clients-per-round", "4",
+             "--precision", "float64", "--rounds", "2", "--quiet"]
+    out, ck = tmp_path / "tls.json", tmp_path / "ck"
+    link = f"{host}:{free_port(host)}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    server = subprocess.Popen([sys.executable, "-m", "emfl", "flower", "--algo", "fedsparse-mid", *flags,
+                               "--superlink", link, "--certificates", str(folder), "--supernodes", "2",
+                               "--checkpoint-dir", str(ck), "--out", str(out)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    nodes = []
+    try:
+        for i in range(2):
+            nodes.append(subprocess.Popen([sys.executable, "-m", "emfl", "flower", "--supernode", "--superlink", link,
+                                           "--partition", str(i), "--supernodes", "2", "--certificates",
+                                           str(folder / "ca.pem"), "--node-key", str(folder / f"node{i}.key")],
+                                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        stdout, stderr = server.communicate(timeout=600)
+        assert server.returncode == 0, stderr
+        assert "SuperNodes" in stderr  # it said what it waits for, and how to start them
+        for node in nodes:
+            assert node.poll() is None  # a node serves until stopped
+    finally:
+        for p in [server, *nodes]:
+            if p.poll() is None:
+                p.terminate()
+        codes = [p.wait(timeout=60) for p in nodes]
+    assert codes == [128 + signal.SIGTERM] * 2
+    doc = json.loads(out.read_text())
+    assert doc["complete"] and doc["transport"]["supernodes"] == 2
+    assert main(["run", "--algo", "fedsparse-mid", *flags, "--checkpoint-dir", str(ck),
+                 "--out", str(tmp_path / "engine.json")]) == 0
+    a = json.loads((tmp_path / "engine.json").read_text())
+    assert_same_run(a, doc, server_weights(tmp_path / "engine.json", ck), server_weights(out, ck))
+
+
+def test_a_supernode_whose_key_is_not_registered_is_refused(tmp_path, keys):
+    folder, host = keys
+    config = make_config("fedavg", task="bits", model="mlp-tanh", rounds=1, clients_per_round=2)
+    with pytest.raises(FlowerError, match=r"supernode1 stopped.*(2004|Failed to activate)") as err:
+        deploy(config, tmp_path / "x.json", supernodes=2, checkpoint_dir=tmp_path / "ck", superlink=f"{host}:0",
+               certificates=folder, public_keys=[folder / "node0.pub", folder / "node1.pub"], local_nodes=2,
+               node_keys=[folder / "node0.key", folder / "stranger" / "node9.key"], start_timeout=120)
+    assert "--resume" in str(err.value)
+    assert not (tmp_path / "x.json").exists()  # refused before the run was submitted
+
+
+@pytest.mark.parametrize("flags,said", [
+    (["--superlink", "10.1.2.3:9093", "--insecure"], "only allowed on a loopback"),
+    (["--superlink", "10.1.2.3:9093"], "needs --certificates"),
+    (["--superlink", "127.0.0.1:9093"], "or --insecure on a loopback"),
+    (["--superlink", "nonsense"], "HOST:PORT"),
+])
+def test_off_loopback_a_superlink_needs_tls_and_node_keys(tmp_path, capsys, flags, said):
+    from emfl.__main__ import main
+
+    assert main(["flower", "--algo", "fedavg", "--task", "bits", "--rounds", "1", *flags,
+                 "--out", str(tmp_path / "x.json"), "--quiet"]) == 2
+    assert said in capsys.readouterr().err
+
+
+def test_a_superlink_off_loopback_without_node_keys_is_refused(tmp_path, keys, capsys):
+    from emfl.flower.security import make_certificates
+
+    from emfl.__main__ import main
+
+    folder = tmp_path / "certs"
+    make_certificates(folder, ["10.1.2.3", "127.0.0.1"])  # no node*.pub beside them
+    assert main(["flower", "--algo", "fedavg", "--task", "bits", "--rounds", "1", "--superlink", "10.1.2.3:9093",
+                 "--certificates", str(folder), "--out", str(tmp_path / "x.json"), "--quiet"]) == 2
+    assert "SuperNode authentication" in capsys.readouterr().err

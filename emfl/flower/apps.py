@@ -10,7 +10,9 @@ config (``emfl-settings``), which the module-level ``server_app`` and ``client_a
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import threading
 import time
 
@@ -26,16 +28,17 @@ from emfl.nn.seeding import ClientJob
 
 require_flower()
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict  # noqa: E402
+from flwr.app import ConfigRecord, Context, Message, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
 from flwr.serverapp import Grid, ServerApp  # noqa: E402
 
-__all__ = ["make_client_app", "make_server_app", "simulate", "FlowerRounds", "client_app", "server_app",
-           "SETTINGS_KEY", "TRAIN", "node_for", "waves"]
+from emfl.flower.protocol import RECORD, SETTINGS_KEY, memory_key, reply_to, settings_from  # noqa: E402
 
-SETTINGS_KEY = "emfl-settings"  # run-config key: the path of the settings file (deployment)
+__all__ = ["make_client_app", "make_server_app", "simulate", "FlowerRounds", "client_app", "server_app",
+           "TRAIN", "node_for", "waves", "train_fields",
+           "memory_to_bytes", "memory_from_bytes"]
+
 TRAIN = "train"  # the Flower message type of a round's work
-RECORD = "emfl"  # the ConfigRecord that carries a message
 
 
 def node_for(s: int, nodes: list) -> int:
@@ -54,10 +57,12 @@ _RUNTIMES: dict = {}  # settings -> Engine: one model, algorithm and data set pe
 _LOCK = threading.Lock()
 
 
-def _client_runtime(settings: dict, data=None) -> Engine:
+def _client_runtime(settings: dict, data=None, data_dir=None) -> Engine:
     """The client side of a run in this process (built once): an Engine whose model and algorithm
-    the clients use; its server half stays idle."""
-    key = json.dumps({"config": settings["config"], "data_dir": settings.get("data_dir")}, sort_keys=True)
+    the clients use; its server half stays idle.  ``data_dir``: the node's own copy of the data
+    (default: the run's ``data_dir``, the server's, which is the node's on one machine)."""
+    data_dir = data_dir or settings.get("data_dir")
+    key = json.dumps({"config": settings["config"], "data_dir": data_dir}, sort_keys=True)
     with _LOCK:
         if key not in _RUNTIMES:
             config = _config(settings)
@@ -66,7 +71,7 @@ def _client_runtime(settings: dict, data=None) -> Engine:
             if data is None:
                 from emfl.nn.runner import load_task_data
 
-                data = load_task_data(config, settings.get("data_dir"))
+                data = load_task_data(config, data_dir)
             _RUNTIMES[key] = Engine(config, data)
         return _RUNTIMES[key]
 
@@ -76,60 +81,74 @@ def _floats(t: torch.Tensor) -> bytes:
     return t.detach().cpu().numpy().astype(f"<f{t.dtype.itemsize}").tobytes()
 
 
-def _keep(context: Context, s: int, memory) -> None:
-    """Client ``s``'s memory (a tensor, or a dict of tensors) into the node's ``context.state``."""
+def memory_to_bytes(memory) -> bytes:
+    """A client's memory (a tensor, or a dict of tensors) as the bytes of an ``.npz`` archive."""
     if isinstance(memory, torch.Tensor):
-        arrays, single = {"m": memory}, True
+        arrays = {"single": memory}
     elif isinstance(memory, dict) and all(isinstance(v, torch.Tensor) for v in memory.values()):
-        arrays, single = memory, False
+        arrays = {f"dict.{k}": v for k, v in memory.items()}
     else:
         raise FlowerError(f"a client's memory travels to the node's state as a tensor or a dict of tensors; "
                           f"got {type(memory).__name__}")
-    context.state[f"emfl-memory-{s}"] = ArrayRecord({k: v.detach().cpu() for k, v in arrays.items()})
-    context.state[f"emfl-memory-{s}-form"] = ConfigRecord({"single": single})
+    buf = io.BytesIO()
+    np.savez(buf, **{k: v.detach().cpu().numpy() for k, v in arrays.items()})
+    return buf.getvalue()
+
+
+def memory_from_bytes(blob: bytes | None):
+    """What :func:`memory_to_bytes` wrote (read without pickle), or None."""
+    if blob is None:
+        return None
+    with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+        arrays = {k: torch.from_numpy(z[k].copy()) for k in z.files}
+    if "single" in arrays:
+        return arrays["single"]
+    return {k[len("dict."):]: v for k, v in arrays.items()}
+
+
+def _keep(context: Context, s: int, memory) -> None:
+    """Client ``s``'s memory (a tensor, or a dict of tensors) into the node's ``context.state``."""
+    context.state[memory_key(s)] = ConfigRecord({"npz": memory_to_bytes(memory)})
 
 
 def _recall(context: Context, s: int):
     """What :func:`_keep` stored for client ``s``, or None."""
-    key = f"emfl-memory-{s}"
-    if key not in context.state:
-        return None
-    arrays = context.state[key].to_torch_state_dict()
-    return arrays["m"] if context.state[f"{key}-form"]["single"] else arrays
+    key = memory_key(s)
+    return memory_from_bytes(context.state[key]["npz"]) if key in context.state else None
 
 
-def client_train(settings: dict, msg: Message, context: Context, data=None) -> Message:
-    """One client's part of a round: decode the server's message, the algorithm's
-    ``client_update``, local accuracy, encode the reply.  Client ``s``'s memory lives in the
-    node's ``context.state``."""
-    engine = _client_runtime(settings, data)
+def train_fields(settings: dict, fields: dict, memory: bytes | None, data=None, data_dir=None) -> tuple:
+    """One client's part of a round: decode the server's message (``fields``: its record), the
+    algorithm's ``client_update``, local accuracy, encode the reply; returns ``(reply, memory)``,
+    the client's new memory as bytes (None: unchanged).  The worker of a node and an in-process
+    ClientApp both call this."""
+    engine = _client_runtime(settings, data, data_dir)
     algo = engine.algorithm
-    rec = msg.content[RECORD]
-    s, rnd = int(rec["client"]), int(rec["round"])
-    memory = _recall(context, s)
-    job = ClientJob(engine.config.seed, rnd, s, memory)
-    down = wire.decode(json.loads(rec["form"]), rec["payload"], **algo.receiver(job), device=engine.device)
+    s, rnd = int(fields["client"]), int(fields["round"])
+    job = ClientJob(engine.config.seed, rnd, s, memory_from_bytes(memory))
+    down = wire.decode(json.loads(fields["form"]), fields["payload"], **algo.receiver(job), device=engine.device)
     with _LOCK:  # one client at a time per process: they share the model
         result = algo.client_update(down, job, engine.runtime)
         acc = engine.local_accuracy(s, result.local)
-        if result.memory is not None:
-            _keep(context, s, result.memory)
+        kept = memory_to_bytes(result.memory) if result.memory is not None else None
         up_form, payload = wire.encode(result.up)
     reply = {"client": s, "round": rnd, "form": json.dumps(up_form), "payload": payload,
              "loss": float(result.loss), "local_acc": float(acc)}
     if result.stats is not None:  # diagnostics for the record, not the algorithm's message
         reply["stats"] = _floats(result.stats)
-    return Message(content=RecordDict({RECORD: ConfigRecord(reply)}), reply_to=msg)
+    return reply, kept
 
 
-def make_client_app(settings: dict | None = None, data=None) -> ClientApp:
-    """The ClientApp; ``settings`` (and ``data``, for generated data sets) given, or read from
-    the run config's settings file (deployment)."""
+def make_client_app(settings: dict | None = None, data=None, data_dir=None) -> ClientApp:
+    """The ClientApp that trains in its own process (the simulation's, and a deployment node's
+    executor's); ``settings`` (and ``data``, for generated data sets) given, or read from the run
+    config; ``data_dir``: the node's own copy of the data."""
     app = ClientApp()
 
     @app.train()
     def train(msg: Message, context: Context):
-        return client_train(settings or _settings_from(context), msg, context, data)
+        run = settings or settings_from(context)
+        return reply_to(msg, context, lambda fields, memory: train_fields(run, fields, memory, data, data_dir))
 
     return app
 
@@ -145,8 +164,12 @@ class FlowerRounds:
     waits at most ``first_timeout`` seconds (the nodes' start-up), the others ``timeout``."""
 
     def __init__(self, grid: Grid, nodes: list, timeout: float, transport: dict, first_timeout: float = 300,
-                 cancel: threading.Event | None = None):
+                 cancel: threading.Event | None = None, in_waves: bool = True):
         self.grid, self.nodes, self.timeout, self.transport = grid, sorted(nodes), timeout, transport
+        # in waves of one message per node when the nodes' ClientApps keep clients' memory in
+        # context.state (two at once on a node would each write back their own copy); all at once
+        # when each node's worker keeps it (a deployment's nodes)
+        self.in_waves = in_waves
         self.cancel = cancel  # set when the simulation runtime has stopped: waiting is pointless
         self.first_timeout, self.first = min(first_timeout, timeout), True
         transport.setdefault("wire_bytes_down", 0)
@@ -166,7 +189,7 @@ class FlowerRounds:
         timeout = self.first_timeout if self.first else self.timeout
         deadline = time.monotonic() + timeout
         replies = {}
-        for wave in waves(out):  # a node trains one client at a time: its context.state stays whole
+        for wave in (waves(out) if self.in_waves else [out]):
             for reply in self.exchange(wave, max(0.0, deadline - time.monotonic())):
                 if reply.has_error():
                     raise FlowerError(f"round {plan.rnd + 1}: a client failed on node {reply.metadata.src_node_id}: "
@@ -242,7 +265,7 @@ def server_main(settings: dict, grid: Grid, data=None, mode: str = "deployment",
     nodes = wait_for_nodes(grid, int(settings.get("supernodes", 1)), float(settings.get("connect_timeout", 120)))
     transport = {"name": "flower", "mode": mode, "supernodes": len(nodes)}
     rounds = FlowerRounds(grid, nodes, float(settings.get("round_timeout", 600)), transport,
-                          float(settings.get("first_timeout", 300)), cancel)
+                          float(settings.get("first_timeout", 300)), cancel, in_waves=settings.get("waves", True))
     return run(config, settings["out"], data_dir=settings.get("data_dir"), resume=bool(settings.get("resume")),
                data=data, progress=False, checkpoint_dir=settings.get("checkpoint_dir"), round_fn=rounds,
                transport=transport)
@@ -256,26 +279,32 @@ def make_server_app(settings: dict | None = None, data=None, errors: list | None
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
+        run = settings or settings_from(context)
+        _status(run, {"pid": os.getpid()})  # the command watches this process
         try:
-            server_main(settings or _settings_from(context), grid, data, mode, cancel)
+            server_main(run, grid, data, mode, cancel)
         except BaseException as err:
             if errors is not None:
                 errors.append(err)
+            _status(run, {"pid": os.getpid(), "error": str(err) or type(err).__name__})
             raise
+        _status(run, {"pid": os.getpid(), "done": True})
 
     return app
 
 
-def _settings_from(context: Context) -> dict:
-    path = context.run_config.get(SETTINGS_KEY)
-    if not path:
-        raise FlowerError(f"the run config has no '{SETTINGS_KEY}' (the path of an emfl settings file); "
-                          "start runs with `python -m emfl flower`")
-    with open(path) as f:
-        return json.load(f)
+def _status(settings: dict, what: dict) -> None:
+    """Tell the command that started the deployment how the ServerApp stands (its pid when it
+    starts, its error or ``done`` when it ends): the ``status`` file of the settings, if any."""
+    path = settings.get("status")
+    if path:
+        from emfl.nn.runner import write_json_atomic
+
+        write_json_atomic(what, path)
 
 
-# the apps a deployment names in its pyproject.toml (emfl.flower.apps:server_app, :client_app)
+# the ServerApp a deployment names in its pyproject.toml (emfl.flower.apps:server_app); its ClientApp
+# is emfl.flower.clientapp:client_app, which starts without torch
 server_app = make_server_app()
 client_app = make_client_app()
 
