@@ -139,9 +139,8 @@ class Deployment:
                 if "address already in use" in text.lower():
                     raise FlowerError(f"{name} could not listen: a port it was given is taken (log: "
                                       f"{self.home / (name + '.log')}); choose another --port (or 0 for a free one)")
-                tail = "\n".join(text.strip().splitlines()[-5:])
-                raise FlowerError(f"{name} stopped (exit code {code}) during the run; what finished is in the "
-                                  f"checkpoint: continue with --resume. Its log ends:\n{tail}")
+                raise FlowerError(f"{name} stopped (exit code {code}) during the run{_diagnosis(text)}; what finished "
+                                  f"is in the checkpoint: continue with --resume. Its log ends:\n{_tail(text)}")
 
     def flwr(self, *args: str, timeout: float = 180):
         import subprocess
@@ -170,6 +169,24 @@ class Deployment:
     def shutdown(self) -> None:
         """Stop every process of the deployment: SIGTERM, SIGKILL after a grace period."""
         self.guard.stop()
+
+
+def _tail(text: str, lines: int = 5) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _diagnosis(log: str) -> str:
+    """Why a SuperNode stopped, when its log says so: its key refused, the SuperLink's
+    certificate not verified."""
+    if "2004" in log or "Failed to activate SuperNode" in log:
+        return (": the SuperLink refused it (Flower's error 2004, Failed to activate SuperNode): its public key "
+                "is not registered there (give it to the SuperLink with --public-keys)")
+    if "2001" in log:
+        return ": the SuperLink requires SuperNode authentication and this node has no key (--node-key)"
+    if "CERTIFICATE_VERIFY_FAILED" in log or "handshake" in log.lower():
+        return (": it could not verify the SuperLink's TLS certificate (CERTIFICATE_VERIFY_FAILED): give it the "
+                "CA certificate that signed the SuperLink's (--certificates ca.pem)")
+    return ""
 
 
 def _healthy(address: str, tls: dict | None) -> bool:
@@ -421,8 +438,9 @@ def supernode(superlink: str, partition: int, partitions: int, data_dir=None, ce
                     code = dep.guard.exited[name]
                     if name == "supernode" and code == 0:
                         return 0
-                    tail = "\n".join(dep.log(name).strip().splitlines()[-5:])
-                    raise FlowerError(f"this node's {name} stopped (exit code {code}); its log ends:\n{tail}")
+                    text = dep.log(name)
+                    raise FlowerError(f"this node's {name} stopped (exit code {code}){_diagnosis(text)}; its log "
+                                      f"ends:\n{_tail(text)}")
             if not dep.guard.alive():
                 raise FlowerError("this node's guard stopped")
             time.sleep(0.5)
