@@ -9,10 +9,12 @@ What maps to what:
   :meth:`~emfl.nn.engine.Engine.end_round`) inside the runner's loop, so that checkpoints,
   ``--resume`` and the run JSON are those of ``python -m emfl run``;
 * the **client** (``client_update``) runs in a Flower ``ClientApp``
-  (:func:`emfl.flower.apps.make_client_app`), on the same data partition, with the same random
-  streams (seeded by run seed, round and client) and its memory (``ClientResult.memory``: what a
-  client keeps between the rounds it takes part in, a tensor or a dict of tensors) in the node's
-  ``context.state``; what the server keeps of each client's replies
+  (:func:`emfl.flower.apps.make_client_app`; in a deployment inside each node's long-lived worker,
+  :mod:`emfl.flower.node`, which imports and reads its data once), on the same data partition,
+  with the same random streams (seeded by run seed, round and client) and its memory
+  (``ClientResult.memory``: what a client keeps between the rounds it takes part in, a tensor or a
+  dict of tensors) in the node's ``context.state`` (or, behind the socket ClientApp of
+  :mod:`emfl.flower.clientapp`, in the worker); what the server keeps of each client's replies
   (``Algorithm.remember``: a personal mask the client sent) is the server's, in its checkpoint;
 * every **message** travels as one ``bytes`` value in a ``ConfigRecord``, encoded by
   :mod:`emfl.nn.wire`: exactly the ``nbytes`` the engine counts (a sparse message stays sparse);
@@ -24,7 +26,9 @@ What maps to what:
   their ids), so that a few SuperNodes play the paper's 100 or 3,597 clients.
 
 :func:`simulate` runs Flower's simulation in this process; :mod:`emfl.flower.deploy` starts a
-SuperLink and SuperNodes on 127.0.0.1 and submits the run with ``flwr run``.  ``flwr`` is an
+SuperLink and SuperNodes (on 127.0.0.1, or across machines with TLS and SuperNode keys:
+:mod:`emfl.flower.security`), all under one guard (:mod:`emfl.flower.guard`), and submits the run
+with ``flwr run``.  ``flwr`` is an
 optional extra: ``pip install -e '.[flower]'``; the rest of emfl never imports it.  A message type
 without a wire form (one a new algorithm defines without ``to_wire``) cannot travel: such a run
 stops at its first message with an error that says to use ``python -m emfl run``.
