@@ -107,12 +107,15 @@ def _flower(config, args) -> dict:
         import os
 
         from emfl.flower.apps import simulate
-        from emfl.flower.guard import stop_tree
+        from emfl.flower.guard import GuardClient, stop_tree
 
+        guard = GuardClient()  # if this command is killed (kill -9), the guard stops Ray's processes
+        guard.watch(os.getpid())
         try:
             with _signals_stop():
                 return simulate(config, args.out, threads_per_node=args.threads, **common)
         finally:  # Ray's processes (its agents outlive a Ctrl-C during its start by 30-90 s) go with the command
+            guard.stop()
             stop_tree(os.getpid())
     from emfl.flower.deploy import deploy
 
@@ -170,7 +173,7 @@ def _flower_node(args) -> int:
         with _signals_stop():
             return supernode(args.superlink, args.partition, args.partitions, data_dir=args.data_dir,
                              certificates=args.certificates, node_key=args.node_key, insecure=args.insecure,
-                             threads=args.threads)
+                             threads=args.threads, checkpoint_dir=args.checkpoint_dir)
     except FlowerError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -413,6 +416,9 @@ def main(argv=None) -> int:
     node.add_argument("--insecure", action="store_true", help="plain gRPC (a SuperLink on a loopback address only)")
     node.add_argument("--data-dir", default=None, help="this machine's copy of the data (default: $EMFL_DATA_DIR)")
     node.add_argument("--threads", type=int, default=1, help="torch threads of the worker")
+    node.add_argument("--checkpoint-dir", default=None, help="where this node keeps its clients' memory (SCAFFOLD's "
+                      "c_i, FedSpa's masks) so that a resumed run finds it (default: $EMFL_CHECKPOINT_DIR, else "
+                      "~/.cache/emfl/checkpoints)")
     node.set_defaults(func=_flower_node)
     keys = sub.add_parser("flower-keys", help="test TLS certificates and SuperNode key pairs for a deployment on "
                           "several machines", add_help=False)

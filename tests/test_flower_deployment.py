@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("flwr", reason="Flower is an optional extra: pip install -e '.[flower]'")
 
@@ -42,6 +43,52 @@ def test_deployment_two_supernodes_writes_the_engines_run(tmp_path, capsys, algo
     a, b = json.loads((tmp_path / "engine.json").read_text()), json.loads(out.read_text())
     assert b["transport"]["mode"] == "deployment" and b["transport"]["supernodes"] == 2
     assert_same_run(a, b, server_weights(tmp_path / "engine.json", ck), server_weights(out, ck))
+
+
+@pytest.mark.numeric
+def test_client_memory_survives_every_handover_between_the_engine_and_the_deployment(tmp_path, capsys, monkeypatch):
+    # SCAFFOLD: each client keeps its control variate c_i (its memory) between the rounds it takes
+    # part in; 5 clients, 4 a round, so that every round brings back clients of the rounds before.
+    # One run, continued four times: round 1 by the engine (c_i in its checkpoint), round 2 by a
+    # deployment (the engine's c_i handed to the nodes), round 3 by a deployment whose workers sit
+    # behind Flower's ClientApp processes (the socket worker, reading what the first one kept),
+    # round 4 by the engine again (c_i read from the nodes' folder).  It must equal 4 engine rounds.
+    from emfl.__main__ import main
+
+    flags = ["--algo", "scaffold", "--task", "bits", "--model", "mlp-tanh", "--eval-every", "1",
+             "--clients-per-round", "4", "--num-shards", "5", "--precision", "float64"]
+    out, ck = tmp_path / "chain.json", tmp_path / "ck"
+
+    def step(command, rounds, *more):
+        assert main([command, *flags, "--rounds", str(rounds), *more, "--checkpoint-dir", str(ck), "--out", str(out),
+                     "--quiet"]) == 0
+
+    step("run", 1)
+    step("flower", 2, "--supernodes", "2", "--resume")
+    assert json.loads(out.read_text())["transport"]["node_worker"] in ("executor", "socket")
+    monkeypatch.setenv("EMFL_FLOWER_WORKER", "socket")
+    step("flower", 3, "--supernodes", "2", "--resume")
+    assert json.loads(out.read_text())["transport"]["node_worker"] == "socket"
+    monkeypatch.delenv("EMFL_FLOWER_WORKER")
+    step("run", 4, "--resume")
+    engine = tmp_path / "engine.json"
+    assert main(["run", *flags, "--rounds", "4", "--checkpoint-dir", str(ck), "--out", str(engine), "--quiet"]) == 0
+    a, b = json.loads(engine.read_text()), json.loads(out.read_text())
+    assert [r["round"] for r in b["records"]] == [r["round"] for r in a["records"]] == [1, 2, 3, 4]
+    for ra, rb in zip(a["records"], b["records"]):
+        assert set(ra) == set(rb)
+        for k in ("global_acc", "local_acc", "train_loss", "bytes_down", "bytes_up"):
+            assert rb[k] == pytest.approx(ra[k], rel=1e-10, abs=1e-12), (ra["round"], k)
+    wa, wb = server_weights(engine, ck), server_weights(out, ck)
+    assert wa.dtype == torch.float64 and torch.allclose(wa, wb, atol=1e-10, rtol=0)
+
+
+def test_an_unknown_node_worker_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("EMFL_FLOWER_WORKER", "threads")
+    config = make_config("fedavg", task="bits", model="mlp-tanh", rounds=1)
+    with pytest.raises(FlowerError, match="EMFL_FLOWER_WORKER must be auto, executor or socket; got 'threads'"):
+        deploy(config, tmp_path / "x.json", supernodes=1, checkpoint_dir=tmp_path / "ck")
+    assert not (tmp_path / "x.json").exists()
 
 
 def _flower_processes() -> set:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("flwr", reason="Flower is an optional extra: pip install -e '.[flower]'")
 
@@ -33,25 +34,6 @@ def test_waves_give_each_node_one_client_at_a_time():
     assert waves(sent, node=lambda m: m[0]) == [[(5, "a"), (7, "b")], [(5, "c"), (7, "e")], [(5, "d")]]
 
 
-def test_a_nodes_memory_of_a_client_is_a_tensor_or_a_dict_of_tensors():
-    import torch
-    from types import SimpleNamespace
-
-    from flwr.app import RecordDict
-
-    from emfl.flower.apps import _keep, _recall
-
-    node = SimpleNamespace(state=RecordDict())
-    assert _recall(node, 3) is None
-    _keep(node, 3, torch.tensor([1, 2, 255], dtype=torch.uint8))
-    _keep(node, 4, {"c": torch.tensor([0.5, -1.0]), "m": torch.tensor([7.0])})
-    three, four = _recall(node, 3), _recall(node, 4)
-    assert three.dtype == torch.uint8 and three.tolist() == [1, 2, 255]
-    assert sorted(four) == ["c", "m"] and four["c"].tolist() == [0.5, -1.0] and four["m"].tolist() == [7.0]
-    with pytest.raises(FlowerError, match="a tensor or a dict of tensors"):
-        _keep(node, 5, [torch.ones(2)])
-
-
 def test_a_simulation_needs_a_supernode(tmp_path):
     with pytest.raises(FlowerError, match="--supernodes must be at least 1; got 0"):
         simulate(make_config(task="cifar10", rounds=1), tmp_path / "run.json", supernodes=0)
@@ -76,6 +58,28 @@ def test_simulation_gives_the_engines_run_on_generated_data(tmp_path, algo):
     assert_same_run(a, b, wa, wb)
     # the run moved the server: a transport that delivered nothing would leave the first weights
     assert float((wb - Engine(config, data).w).abs().max()) > 1e-4
+
+
+@pytest.mark.numeric
+def test_a_resumed_simulation_gives_its_clients_their_memory_back(tmp_path):
+    # SCAFFOLD's c_i stay on the nodes (in the checkpoint folder, not the server's checkpoint): a
+    # simulation of 2 rounds continued to 3 equals 3 engine rounds; 6 clients, 4 a round, so that
+    # round 3 brings back clients of rounds 1 and 2
+    import dataclasses
+
+    data = tiny_federation(clients=6, n=48, m=8)
+    config = make_config("scaffold", task="cifar10", rounds=3, clients_per_round=4, eval_every=1, device="cpu",
+                         precision="float64")
+    ck = tmp_path / "ck"
+    a = run(config, tmp_path / "engine.json", data=data, progress=False, checkpoint_dir=ck)
+    simulate(dataclasses.replace(config, rounds=2), tmp_path / "flower.json", supernodes=2, data=data, checkpoint_dir=ck)
+    b = simulate(config, tmp_path / "flower.json", supernodes=2, data=data, checkpoint_dir=ck, resume=True)
+    assert b["transport"]["wire_first_round"] == 3  # round 3 went over Flower after the resume
+    assert [r["round"] for r in b["records"]] == [1, 2, 3]
+    for ra, rb in zip(a["records"], b["records"]):
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-10) and rb["local_acc"] == ra["local_acc"]
+    wa, wb = server_weights(tmp_path / "engine.json", ck), server_weights(tmp_path / "flower.json", ck)
+    assert torch.allclose(wa, wb, atol=1e-10, rtol=0)
 
 
 @pytest.mark.numeric

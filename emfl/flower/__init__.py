@@ -13,8 +13,8 @@ What maps to what:
   :mod:`emfl.flower.node`, which imports and reads its data once), on the same data partition,
   with the same random streams (seeded by run seed, round and client) and its memory
   (``ClientResult.memory``: what a client keeps between the rounds it takes part in, a tensor or a
-  dict of tensors) in the node's ``context.state`` (or, behind the socket ClientApp of
-  :mod:`emfl.flower.clientapp`, in the worker); what the server keeps of each client's replies
+  dict of tensors) on the node's disk, one file per client and round, where a resumed run finds
+  it (:mod:`emfl.flower.memory`); what the server keeps of each client's replies
   (``Algorithm.remember``: a personal mask the client sent) is the server's, in its checkpoint;
 * every **message** travels as one ``bytes`` value in a ``ConfigRecord``, encoded by
   :mod:`emfl.nn.wire`: exactly the ``nbytes`` the engine counts (a sparse message stays sparse);

@@ -10,11 +10,11 @@ config (``emfl-settings``), which the module-level ``server_app`` and ``client_a
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,11 +32,12 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
 from flwr.serverapp import Grid, ServerApp  # noqa: E402
 
-from emfl.flower.protocol import RECORD, SETTINGS_KEY, memory_key, reply_to, settings_from  # noqa: E402
+from emfl.flower.memory import ClientMemory, from_bytes, to_bytes  # noqa: E402
+from emfl.flower.protocol import RECORD, SETTINGS_KEY, reply_to, settings_from  # noqa: E402
 
 __all__ = ["make_client_app", "make_server_app", "simulate", "FlowerRounds", "client_app", "server_app",
            "TRAIN", "node_for", "waves", "train_fields",
-           "memory_to_bytes", "memory_from_bytes"]
+           ]
 
 TRAIN = "train"  # the Flower message type of a round's work
 
@@ -81,42 +82,6 @@ def _floats(t: torch.Tensor) -> bytes:
     return t.detach().cpu().numpy().astype(f"<f{t.dtype.itemsize}").tobytes()
 
 
-def memory_to_bytes(memory) -> bytes:
-    """A client's memory (a tensor, or a dict of tensors) as the bytes of an ``.npz`` archive."""
-    if isinstance(memory, torch.Tensor):
-        arrays = {"single": memory}
-    elif isinstance(memory, dict) and all(isinstance(v, torch.Tensor) for v in memory.values()):
-        arrays = {f"dict.{k}": v for k, v in memory.items()}
-    else:
-        raise FlowerError(f"a client's memory travels to the node's state as a tensor or a dict of tensors; "
-                          f"got {type(memory).__name__}")
-    buf = io.BytesIO()
-    np.savez(buf, **{k: v.detach().cpu().numpy() for k, v in arrays.items()})
-    return buf.getvalue()
-
-
-def memory_from_bytes(blob: bytes | None):
-    """What :func:`memory_to_bytes` wrote (read without pickle), or None."""
-    if blob is None:
-        return None
-    with np.load(io.BytesIO(blob), allow_pickle=False) as z:
-        arrays = {k: torch.from_numpy(z[k].copy()) for k in z.files}
-    if "single" in arrays:
-        return arrays["single"]
-    return {k[len("dict."):]: v for k, v in arrays.items()}
-
-
-def _keep(context: Context, s: int, memory) -> None:
-    """Client ``s``'s memory (a tensor, or a dict of tensors) into the node's ``context.state``."""
-    context.state[memory_key(s)] = ConfigRecord({"npz": memory_to_bytes(memory)})
-
-
-def _recall(context: Context, s: int):
-    """What :func:`_keep` stored for client ``s``, or None."""
-    key = memory_key(s)
-    return memory_from_bytes(context.state[key]["npz"]) if key in context.state else None
-
-
 def train_fields(settings: dict, fields: dict, memory: bytes | None, data=None, data_dir=None) -> tuple:
     """One client's part of a round: decode the server's message (``fields``: its record), the
     algorithm's ``client_update``, local accuracy, encode the reply; returns ``(reply, memory)``,
@@ -125,12 +90,12 @@ def train_fields(settings: dict, fields: dict, memory: bytes | None, data=None, 
     engine = _client_runtime(settings, data, data_dir)
     algo = engine.algorithm
     s, rnd = int(fields["client"]), int(fields["round"])
-    job = ClientJob(engine.config.seed, rnd, s, memory_from_bytes(memory))
+    job = ClientJob(engine.config.seed, rnd, s, from_bytes(memory))
     down = wire.decode(json.loads(fields["form"]), fields["payload"], **algo.receiver(job), device=engine.device)
     with _LOCK:  # one client at a time per process: they share the model
         result = algo.client_update(down, job, engine.runtime)
         acc = engine.local_accuracy(s, result.local)
-        kept = memory_to_bytes(result.memory) if result.memory is not None else None
+        kept = to_bytes(result.memory) if result.memory is not None else None
         up_form, payload = wire.encode(result.up)
     reply = {"client": s, "round": rnd, "form": json.dumps(up_form), "payload": payload,
              "loss": float(result.loss), "local_acc": float(acc)}
@@ -139,16 +104,28 @@ def train_fields(settings: dict, fields: dict, memory: bytes | None, data=None, 
     return reply, kept
 
 
-def make_client_app(settings: dict | None = None, data=None, data_dir=None) -> ClientApp:
+def node_memory(settings: dict, base=None) -> ClientMemory:
+    """The run's client memory on this machine (:mod:`emfl.flower.memory`): in the checkpoint
+    folder ``base`` (a node's; None: the default one), beside where the run's checkpoint is."""
+    from emfl.nn.runner import checkpoint_path, nodes_memory_dir
+
+    return ClientMemory(nodes_memory_dir(checkpoint_path(settings["out"], base)),
+                        settings["config"].get("checkpoint_every", 1))
+
+
+def make_client_app(settings: dict | None = None, data=None, data_dir=None, memory_dir=None) -> ClientApp:
     """The ClientApp that trains in its own process (the simulation's, and a deployment node's
     executor's); ``settings`` (and ``data``, for generated data sets) given, or read from the run
-    config; ``data_dir``: the node's own copy of the data."""
+    config; ``data_dir``: the node's own copy of the data; ``memory_dir``: the checkpoint folder in
+    which the node keeps its clients' memory (:func:`node_memory`; None: in ``context.state``, lost
+    when the node stops)."""
     app = ClientApp()
 
     @app.train()
     def train(msg: Message, context: Context):
         run = settings or settings_from(context)
-        return reply_to(msg, context, lambda fields, memory: train_fields(run, fields, memory, data, data_dir))
+        return reply_to(msg, context, lambda fields, memory: train_fields(run, fields, memory, data, data_dir),
+                        node_memory(run, memory_dir) if memory_dir is not None else None)
 
     return app
 
@@ -164,8 +141,9 @@ class FlowerRounds:
     waits at most ``first_timeout`` seconds (the nodes' start-up), the others ``timeout``."""
 
     def __init__(self, grid: Grid, nodes: list, timeout: float, transport: dict, first_timeout: float = 300,
-                 cancel: threading.Event | None = None, in_waves: bool = True):
+                 cancel: threading.Event | None = None, in_waves: bool = True, memory: ClientMemory | None = None):
         self.grid, self.nodes, self.timeout, self.transport = grid, sorted(nodes), timeout, transport
+        self.memory = memory  # where the nodes keep their clients' memory, when they are on this machine
         # in waves of one message per node when the nodes' ClientApps keep clients' memory in
         # context.state (two at once on a node would each write back their own copy); all at once
         # when each node's worker keeps it (a deployment's nodes)
@@ -177,6 +155,8 @@ class FlowerRounds:
 
     def __call__(self, engine: Engine) -> dict:
         algo = engine.algorithm
+        if engine.memory:  # a checkpoint `emfl run` wrote: its clients' memory goes to the nodes
+            self.hand_memory_to_nodes(engine)
         plan = engine.begin_round()
         self.transport.setdefault("wire_first_round", plan.rnd + 1)
         out = []
@@ -213,6 +193,17 @@ class FlowerRounds:
                      if "stats" in rec else None)
             engine.receive(plan, job, msg, ClientResult(up, float(rec["loss"]), local=None, stats=stats), float(rec["local_acc"]))
         return engine.end_round(plan)
+
+    def hand_memory_to_nodes(self, engine: Engine) -> None:
+        """Continue on Flower a run whose checkpoint holds the clients' memory (the engine's): write
+        it where the nodes keep it (they are on this machine), as of the checkpoint's round."""
+        if self.memory is None:
+            raise FlowerError("this checkpoint holds the clients' memory (it was written by `emfl run`) and some "
+                              "SuperNodes of this deployment are on other machines, which cannot read it: continue "
+                              "the run with `emfl run --resume`, or with every SuperNode on this machine")
+        for s, m in engine.memory.items():
+            self.memory.keep(int(s), engine.round - 1, to_bytes(m))
+        engine.memory.clear()
 
     def exchange(self, messages: list, timeout: float) -> list:
         """Send ``messages`` and collect their replies for at most ``timeout`` seconds (Grid's
@@ -264,11 +255,15 @@ def server_main(settings: dict, grid: Grid, data=None, mode: str = "deployment",
         torch.set_num_threads(int(settings["threads"]))
     nodes = wait_for_nodes(grid, int(settings.get("supernodes", 1)), float(settings.get("connect_timeout", 120)))
     transport = {"name": "flower", "mode": mode, "supernodes": len(nodes)}
+    if settings.get("node_worker"):
+        transport["node_worker"] = settings["node_worker"]
+    here = node_memory(settings, settings.get("checkpoint_dir")) if settings.get("nodes_here", True) else None
     rounds = FlowerRounds(grid, nodes, float(settings.get("round_timeout", 600)), transport,
-                          float(settings.get("first_timeout", 300)), cancel, in_waves=settings.get("waves", True))
+                          float(settings.get("first_timeout", 300)), cancel, in_waves=settings.get("waves", True),
+                          memory=here)
     return run(config, settings["out"], data_dir=settings.get("data_dir"), resume=bool(settings.get("resume")),
                data=data, progress=False, checkpoint_dir=settings.get("checkpoint_dir"), round_fn=rounds,
-               transport=transport)
+               transport=transport, nodes_keep_memory=True)
 
 
 def make_server_app(settings: dict | None = None, data=None, errors: list | None = None,
@@ -326,6 +321,8 @@ def simulate(config: RunConfig, out, supernodes: int = 2, data=None, data_dir=No
         raise FlowerError(f"--supernodes must be at least 1; got {supernodes}")
     from flwr.simulation import run_simulation
 
+    from emfl.nn.runner import checkpoint_dir as _checkpoint_dir
+
     settings = {"config": config.to_dict(), "out": str(out), "data_dir": data_dir, "resume": resume,
                 "checkpoint_dir": checkpoint_dir, "supernodes": supernodes, "round_timeout": round_timeout,
                 "threads": threads_per_node}
@@ -335,7 +332,8 @@ def simulate(config: RunConfig, out, supernodes: int = 2, data=None, data_dir=No
         crash, cancel = None, threading.Event()
         try:
             run_simulation(server_app=make_server_app(settings, data, errors, "simulation", cancel),
-                           client_app=make_client_app(settings, data), num_supernodes=supernodes,
+                           client_app=make_client_app(settings, data, memory_dir=_checkpoint_dir(checkpoint_dir)),
+                           num_supernodes=supernodes,
                            backend_config={"client_resources": {"num_cpus": threads_per_node, "num_gpus": 0.0},
                                            "init_args": {"num_cpus": cpus, "include_dashboard": False}})
         except RuntimeError as err:  # the simulation runtime itself (Ray) failed

@@ -8,11 +8,11 @@ once and trains the node's clients one after another) over the Unix socket named
 config (``emfl-node``), and writes the worker's reply back.  Without a worker (``emfl-node``
 unset: a SuperNode started by hand) it trains in its own process, as Flower's examples do.
 
-What a client keeps between the rounds it takes part in (its *memory*) lives in the worker, so
-that this ClientApp never writes ``context.state``: several of its processes may then serve one
-node at the same time (the server sends a whole round at once), each handing its client to the
-worker, which trains them one after another.  (An in-process ClientApp, the simulation's, keeps
-the memory in ``context.state``; the server then sends a round in waves of one message per node.)
+What a client keeps between the rounds it takes part in (its *memory*) is the worker's to keep
+(on the node's disk: :mod:`emfl.flower.memory`), so that this ClientApp never writes
+``context.state``: several of its processes may then serve one node at the same time (the server
+sends a whole round at once), each handing its client to the worker, which trains them one after
+another.
 """
 
 from __future__ import annotations

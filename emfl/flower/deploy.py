@@ -291,7 +291,9 @@ def deploy(config, out, supernodes: int = 2, data_dir=None, resume: bool = False
                     "resume": resume, "checkpoint_dir": str(Path(checkpoint_dir).expanduser().resolve())
                     if checkpoint_dir else None, "supernodes": supernodes, "round_timeout": round_timeout,
                     "threads": threads, "status": str(home / STATUS_FILE),
-                    "waves": False}  # every node has a worker, which keeps its clients' memory
+                    "waves": False,  # every node has a worker, which keeps its clients' memory
+                    "nodes_here": local_nodes == supernodes,  # ...where the server can see it
+                    "node_worker": node_worker()}
         (home / "settings.json").write_text(json.dumps(settings, indent=1))
         dep.start("superlink", link_args)
         dep.wait("the SuperLink", lambda: _healthy(address, tls), 120)
@@ -304,7 +306,9 @@ def deploy(config, out, supernodes: int = 2, data_dir=None, resume: bool = False
         for i in range(local_nodes):
             _start_node(dep, f"{i}", address, tls["ca"] if tls else None, node_keys[i] if node_keys else None,
                         f"partition-id={i} num-partitions={supernodes}", threads,
-                        ["--settings", str(home / "settings.json")], max_wait_time=60)
+                        ["--settings", str(home / "settings.json")]
+                        + (["--memory-dir", settings["checkpoint_dir"]] if settings["checkpoint_dir"] else []),
+                        max_wait_time=60)
         if local_nodes < supernodes:
             print(f"SuperLink on {security.join_address(host, link_port)}: waiting for {supernodes - local_nodes} "
                   f"SuperNodes; on each node's machine: python -m emfl flower --supernode --superlink "
@@ -339,16 +343,31 @@ def deploy(config, out, supernodes: int = 2, data_dir=None, resume: bool = False
             shutil.rmtree(home, ignore_errors=True)
 
 
+def node_worker() -> str:
+    """How a node's worker takes its tasks: ``executor`` (the SuperNode's ClientApp executor, where
+    this Flower allows: :func:`emfl.flower.node.executor_available`) or ``socket`` (behind a
+    ClientApp process per message); ``EMFL_FLOWER_WORKER=socket`` chooses the second anywhere."""
+    from emfl.flower.node import executor_available
+
+    asked = os.environ.get("EMFL_FLOWER_WORKER", "auto")
+    if asked not in ("auto", "executor", "socket"):
+        raise FlowerError(f"EMFL_FLOWER_WORKER must be auto, executor or socket; got {asked!r}")
+    if asked == "socket" or (asked == "auto" and not executor_available()):
+        return "socket"
+    if not executor_available():
+        raise FlowerError("EMFL_FLOWER_WORKER=executor needs Flower's Runtime API (flwr 1.42); unset it to use "
+                          "the socket worker")
+    return "executor"
+
+
 def _start_node(dep: Deployment, name: str, superlink: str, ca, key, node_config: str, threads: int, worker_args: list,
                 max_wait_time=None) -> None:
     """A node: its worker and its SuperNode.  Where this Flower allows (:func:`emfl.flower.node.
     executor_available`), the SuperNode runs with ``--isolation process`` and the worker is its
     ClientApp executor (no process per message); elsewhere the SuperNode starts a ClientApp process
     per message, which hands the work to the worker over a Unix socket."""
-    from emfl.flower.node import executor_available
-
     port = free_port()
-    if executor_available():
+    if node_worker() == "executor":
         dep.start(f"supernode{name}", security.supernode_args(superlink, ca, key, port=port, node_config=node_config,
                                                               max_wait_time=max_wait_time) + ["--isolation", "process"])
         dep.start(f"worker{name}", ["python", "-m", "emfl.flower.node", "--runtime-api", f"127.0.0.1:{port}",
@@ -400,11 +419,14 @@ def _run_status(dep: Deployment, run_id) -> dict:
 
 
 def supernode(superlink: str, partition: int, partitions: int, data_dir=None, certificates=None, node_key=None,
-              insecure: bool = False, threads: int = 1, max_wait_time: float | None = None) -> int:
+              insecure: bool = False, threads: int = 1, max_wait_time: float | None = None,
+              checkpoint_dir=None) -> int:
     """Serve clients ``s`` with ``s mod partitions == partition`` from this machine: the node's
     worker and a SuperNode dialling ``superlink`` (``HOST:PORT``) with the CA certificate
     ``certificates`` (a ``ca.pem`` file, or a folder holding one) and the private key ``node_key``,
-    until the SuperNode stops or the command is stopped.  Returns the SuperNode's exit code."""
+    until the SuperNode stops or the command is stopped; ``checkpoint_dir``: where the node keeps its
+    clients' memory (:mod:`emfl.flower.memory`; default: emfl's checkpoint folder).  Returns the
+    SuperNode's exit code."""
     require_flower()
     if not 0 <= partition < partitions:
         raise FlowerError(f"--partition must be in 0..{partitions - 1}; got {partition}")
@@ -427,7 +449,8 @@ def supernode(superlink: str, partition: int, partitions: int, data_dir=None, ce
         _start_node(dep, "", superlink, str(ca.resolve()) if ca else None,
                     str(Path(node_key).expanduser().resolve()) if node_key else None,
                     f"partition-id={partition} num-partitions={partitions}", threads,
-                    ["--data-dir", str(Path(data_dir).expanduser().resolve())] if data_dir else [],
+                    (["--data-dir", str(Path(data_dir).expanduser().resolve())] if data_dir else [])
+                    + (["--memory-dir", str(Path(checkpoint_dir).expanduser().resolve())] if checkpoint_dir else []),
                     max_wait_time=max_wait_time)
         dep.wait("the worker", lambda: "ready " in dep.log("worker"), 300)
         print(f"SuperNode {partition} of {partitions} dialling {superlink}; logs in {home}; Ctrl-C stops it",

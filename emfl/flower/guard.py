@@ -13,6 +13,8 @@ The guard
 * stops its whole tree (SIGTERM, SIGKILL after a grace period, until no descendant is left) when
   the command asks (``{"op": "stop"}``), when it gets SIGTERM, and when its standard input ends:
   the pipe closes when the command dies, however it dies (``kill -9`` included);
+* on request (``{"op": "watch", "pid": ...}``) notes the processes the command starts itself (Flower's
+  simulation starts Ray's), with their start times, and stops them too;
 * reports each child that ends as ``{"event": "exit", "name": ..., "pid": ..., "code": ...}`` on its
   standard output.
 
@@ -114,6 +116,16 @@ def stop_tree(root: int, grace: float = GRACE, reap=None) -> None:
         time.sleep(0.05)
 
 
+def _start_time(pid: int):
+    """When ``pid`` started (clock ticks since boot; ``/proc``), or None: with the pid, it names one
+    process, not a later one that reuses the number."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _subreaper() -> bool:
     """Make this process a child subreaper (Linux ``prctl(PR_SET_CHILD_SUBREAPER)``)."""
     if not sys.platform.startswith("linux"):
@@ -132,6 +144,7 @@ class Guard:
 
     def __init__(self, out=sys.stdout):
         self.out, self.children, self.lock = out, {}, threading.Lock()
+        self.watched: dict = {}  # pid -> start time: the command's processes (Guard.watch)
         self.stopping = threading.Event()
 
     def say(self, obj: dict) -> None:
@@ -178,8 +191,28 @@ class Guard:
                 if not self.stopping.is_set():
                     self.say({"event": "exit", "name": name, "pid": pid, "code": p.returncode})
 
+    def watch(self, pid: int, every: float = 0.25) -> None:
+        """Note every process below ``pid`` (the command), with its start time, every ``every``
+        seconds until stopped: processes the command starts itself (Ray's, in a simulation) are not
+        in the guard's tree, and once the command is killed their parent links are gone."""
+        def poll():
+            while not self.stopping.is_set():
+                for p in descendants(pid):
+                    if p != os.getpid() and p not in self.watched:
+                        self.watched[p] = _start_time(p)
+                time.sleep(every)
+
+        threading.Thread(target=poll, daemon=True).start()
+
     def stop(self) -> None:
         self.stopping.set()
+        noted = [p for p, t in list(self.watched.items()) if t is not None and _start_time(p) == t]
+        for p in noted:  # the command's own processes first (their children come back to init, not here)
+            _signal([p] + descendants(p), signal.SIGTERM)
+        deadline = time.monotonic() + GRACE
+        while time.monotonic() < deadline and any(alive(p) and _start_time(p) == self.watched[p] for p in noted):
+            time.sleep(0.05)
+        _signal([p for p in noted if alive(p) and _start_time(p) == self.watched[p]], signal.SIGKILL)
         stop_tree(os.getpid(), reap=self.reap)
 
 
@@ -230,6 +263,12 @@ class GuardClient:
             raise GuardError(reply["error"])
         return reply["pid"]
 
+    def watch(self, pid: int) -> None:
+        """Have the guard note the processes below ``pid`` (this command) as they come, and stop
+        them too if the command dies: for what the command starts itself (Ray, in a simulation)."""
+        self.proc.stdin.write(json.dumps({"op": "watch", "pid": int(pid)}) + "\n")
+        self.proc.stdin.flush()
+
     def alive(self) -> bool:
         return self.proc.poll() is None
 
@@ -277,6 +316,8 @@ def main() -> int:
         req = json.loads(line)
         if req.get("op") == "spawn":
             guard.say({"reply": guard.spawn(req)})
+        elif req.get("op") == "watch":
+            guard.watch(int(req["pid"]))
         elif req.get("op") == "stop":
             break
     guard.stop()  # asked to, or the command's end of the pipe closed: the command is gone

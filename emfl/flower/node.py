@@ -1,10 +1,12 @@
 """A node's worker: the long-lived process in which a SuperNode's clients train.
 
-``python -m emfl.flower.node --socket PATH [--data-dir DIR] [--threads N] [--settings FILE]``
+``python -m emfl.flower.node --socket PATH [--data-dir DIR] [--threads N] [--settings FILE]
+[--memory-dir DIR]``
 listens on the Unix socket ``PATH`` (readable by its user only).  Each request is one client's
 part of a round (:mod:`emfl.flower.frames`: the server's message and the run's settings); the
 worker answers with :func:`emfl.flower.apps.train_fields`'s reply and keeps what the client keeps
-between its rounds (its memory), by run and client.  It
+between its rounds (its memory) on disk, by run, client and round (``--memory-dir``:
+:mod:`emfl.flower.memory`), where a resumed run finds it.  It
 imports torch and emfl once and reads the node's data once per run (``--settings``: at start,
 before the first message), so that the short-lived ClientApp Flower starts for each message
 (:mod:`emfl.flower.clientapp`) costs milliseconds of work.  Requests are served one at a time: a
@@ -26,12 +28,15 @@ import time
 __all__ = ["serve", "main"]
 
 
-def serve(address: str, data_dir=None, threads: int = 1, settings: dict | None = None, once: bool = False) -> None:
-    """Answer requests on the Unix socket ``address`` until stopped (``once``: one request)."""
+def serve(address: str, data_dir=None, threads: int = 1, settings: dict | None = None, once: bool = False,
+          memory_dir=None) -> None:
+    """Answer requests on the Unix socket ``address`` until stopped (``once``: one request).  The
+    clients' memory goes to ``memory_dir`` (a checkpoint folder: :mod:`emfl.flower.memory`; None:
+    the default one)."""
     import torch
 
     from emfl.flower import frames
-    from emfl.flower.apps import _client_runtime, train_fields
+    from emfl.flower.apps import _client_runtime, node_memory, train_fields
 
     torch.set_num_threads(int(threads))
     if settings is not None:  # read the data before the first round asks for it
@@ -46,18 +51,17 @@ def serve(address: str, data_dir=None, threads: int = 1, settings: dict | None =
         os.umask(old)
     server.listen(64)
     print(f"emfl worker {os.getpid()} ready on {address}", flush=True)
-    memory: dict = {}  # (run, client) -> what the client keeps between its rounds (.npz bytes)
     while True:
         conn, _ = server.accept()
         with conn:
             started = time.perf_counter()
             try:
                 req = frames.receive(conn)
-                text = req.pop("settings")
-                key = (text, int(req["client"]))
-                reply, kept = train_fields(json.loads(text), req, memory.get(key), data_dir=data_dir)
+                run = json.loads(req.pop("settings"))
+                store, s, rnd = node_memory(run, memory_dir), int(req["client"]), int(req["round"])
+                reply, kept = train_fields(run, req, store.recall(s, rnd), data_dir=data_dir)
                 if kept is not None:
-                    memory[key] = kept
+                    store.keep(s, rnd, kept)
             except Exception as err:  # the ClientApp turns it into Flower's error reply
                 reply = {"error": f"{type(err).__name__}: {err}"}
             reply["pid"] = os.getpid()
@@ -99,14 +103,14 @@ def _flower_runtime() -> dict:
 
 
 def execute(runtime_api: str, data_dir=None, threads: int = 1, settings: dict | None = None,
-            poll: float = 0.02) -> None:
+            poll: float = 0.02, memory_dir=None) -> None:
     """Be the node's ClientApp executor: ask the SuperNode's Runtime API (``runtime_api``, a
     SuperNode started with ``--isolation process``) for the next ClientApp task every ``poll``
     seconds and run it here, in this process, where torch, emfl and the node's data are loaded
     once.  It does what Flower's ``flwr-clientapp`` does for one task (pull the message and the
     node's context, run the ClientApp, push the reply and the context back), without a process
-    per message.  Clients' memory stays in the node's ``context.state``, which the SuperNode
-    hands over with each task and takes back after it (the SuperNode runs one task at a time)."""
+    per message.  Clients' memory goes to ``memory_dir`` (a checkpoint folder, None: the default
+    one; :mod:`emfl.flower.memory`), where a resumed run finds it."""
     import torch
 
     from emfl.flower.apps import _client_runtime, make_client_app
@@ -115,7 +119,9 @@ def execute(runtime_api: str, data_dir=None, threads: int = 1, settings: dict | 
     torch.set_num_threads(int(threads))
     if settings is not None:
         _client_runtime(settings, data_dir=data_dir)
-    app = make_client_app(data_dir=data_dir)
+    from emfl.nn.runner import checkpoint_dir
+
+    app = make_client_app(data_dir=data_dir, memory_dir=checkpoint_dir(memory_dir))
 
     def connect(interceptors):
         return fl["Client"].from_server_address(server_address=runtime_api, insecure=True, root_certificates=None,
@@ -156,6 +162,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", default=None, help="this node's copy of the data")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--settings", default=None, help="a run's settings (JSON file): read its data at start")
+    ap.add_argument("--memory-dir", default=None, metavar="DIR",
+                    help="the checkpoint folder in which this node keeps its clients' memory (default: emfl's)")
     ap.add_argument("--runtime-api", default=None, metavar="HOST:PORT",
                     help="be the executor of the SuperNode whose Runtime API is here (it runs with "
                          "--isolation process): run its ClientApp tasks in this process")
@@ -165,9 +173,9 @@ def main(argv=None) -> int:
         with open(args.settings) as f:
             settings = json.load(f)
     if args.runtime_api:
-        execute(args.runtime_api, args.data_dir, args.threads, settings)
+        execute(args.runtime_api, args.data_dir, args.threads, settings, memory_dir=args.memory_dir)
     else:
-        serve(args.socket, args.data_dir, args.threads, settings)
+        serve(args.socket, args.data_dir, args.threads, settings, memory_dir=args.memory_dir)
     return 0
 
 

@@ -1,6 +1,6 @@
 """What a deployment's ClientApp and the server agree on, with no torch: the record that carries a
 message, where the run's settings and a node's worker are named, where a client's memory lives in
-``context.state``, and the reply to one message (:func:`reply_to`)."""
+``context.state`` (when the node keeps no folder of it: :mod:`emfl.flower.memory`), and the reply to one message (:func:`reply_to`)."""
 
 from __future__ import annotations
 
@@ -32,15 +32,24 @@ def settings_from(context: Context) -> dict:
         return json.load(f)
 
 
-def reply_to(msg: Message, context: Context, compute) -> Message:
+def reply_to(msg: Message, context: Context, compute, store=None) -> Message:
     """The reply to one of the server's messages: ``compute(fields, memory) -> (reply, memory)``
     trains the client (``fields``: the message's record as a dict; ``memory``: the client's
-    ``.npz`` bytes or None; a returned memory of None leaves the stored one as it is)."""
+    ``.npz`` bytes or None; a returned memory of None leaves the stored one as it is).  The
+    client's memory lives in ``store`` (a :class:`emfl.flower.memory.ClientMemory`, on the node's
+    disk) if given, else in the node's ``context.state``."""
     rec = msg.content[RECORD]
     fields = {k: rec[k] for k in rec.keys()}
-    key = memory_key(int(fields["client"]))
-    memory = context.state[key]["npz"] if key in context.state else None
+    s, rnd = int(fields["client"]), int(fields["round"])
+    key = memory_key(s)
+    if store is not None:
+        memory = store.recall(s, rnd)
+    else:
+        memory = context.state[key]["npz"] if key in context.state else None
     reply, memory = compute(fields, memory)
     if memory is not None:
-        context.state[key] = ConfigRecord({"npz": memory})
+        if store is not None:
+            store.keep(s, rnd, memory)
+        else:
+            context.state[key] = ConfigRecord({"npz": memory})
     return Message(content=RecordDict({RECORD: ConfigRecord(reply)}), reply_to=msg)

@@ -46,7 +46,7 @@ from emfl.nn.data import DataError, _umask, atomic_save
 from emfl.nn.engine import Diverged, Engine
 from emfl.nn.config import RunConfig
 
-__all__ = ["run", "open_checkpoint", "Recorder", "train", "load_task_data", "checkpoint_dir", "checkpoint_path", "write_json_atomic", "RunError",
+__all__ = ["run", "open_checkpoint", "nodes_memory_dir", "Recorder", "train", "load_task_data", "checkpoint_dir", "checkpoint_path", "write_json_atomic", "RunError",
            "save_checkpoint", "load_checkpoint", "CheckpointError", "HistoryLock"]
 
 
@@ -312,7 +312,8 @@ def _write_failed(err: Exception, engine, ckpt: Path, out: Path, last_saved: int
 
 
 def run(config: RunConfig, out, data_dir=None, resume: bool = False, download: bool = False,
-        data=None, progress: bool = True, checkpoint_dir=None, round_fn=None, transport=None) -> dict:
+        data=None, progress: bool = True, checkpoint_dir=None, round_fn=None, transport=None,
+        nodes_keep_memory: bool = False) -> dict:
     """Run (or, with ``resume``, continue) a federated training run; returns the JSON document.
 
     The checkpoint is written every ``checkpoint_every`` rounds, at every evaluation and at the
@@ -323,7 +324,8 @@ def run(config: RunConfig, out, data_dir=None, resume: bool = False, download: b
 
     ``round_fn(engine) -> info`` runs one round (default ``engine.run_round()``; :mod:`emfl.flower`
     sends the clients' work over Flower); ``transport``, a dict saying how the clients were
-    reached, is kept in the JSON document.
+    reached, is kept in the JSON document; ``nodes_keep_memory``: the clients' memory stays on
+    Flower's nodes (else a resume takes it from the nodes' folder here, :func:`nodes_memory_dir`).
 
     The steps: :func:`open_checkpoint` (what to continue from, or nothing), the engine, a
     :class:`Recorder` (checkpoint, then history), :func:`train` (the loop)."""
@@ -337,6 +339,7 @@ def run(config: RunConfig, out, data_dir=None, resume: bool = False, download: b
         engine = Engine(config, data if data is not None else load_task_data(config, data_dir, download))
         if state is not None:
             engine.load_state_dict(state)
+        _nodes_memory(engine, ckpt, fresh=state is None, load=not nodes_keep_memory)
         recorder = Recorder(engine, out, ckpt, transport, last_saved=int(state["round"]) if state is not None else -1)
         if state is None or engine.round >= config.rounds:
             recorder.save(complete=engine.round >= config.rounds)  # both files exist from the start
@@ -344,6 +347,40 @@ def run(config: RunConfig, out, data_dir=None, resume: bool = False, download: b
                 return recorder.document(complete=True)
         train(engine, recorder, round_fn if round_fn is not None else Engine.run_round, progress)
         return recorder.document(complete=True)
+
+
+def nodes_memory_dir(ckpt: Path) -> Path:
+    """Where Flower nodes on this machine keep the clients' memory of the run whose checkpoint is
+    ``ckpt`` (:mod:`emfl.flower.memory`): beside it, ``NAME.ckpt.memory``."""
+    return ckpt.with_name(ckpt.name + ".memory")
+
+
+def _nodes_memory(engine: Engine, ckpt: Path, fresh: bool, load: bool = True) -> None:
+    """A run that starts afresh removes the clients' memory an earlier run of its name left on
+    Flower nodes here; one that resumes a checkpoint Flower's server wrote (which cannot hold the
+    clients' memory: it stayed on the nodes) takes each client's memory from the nodes' folder."""
+    folder = nodes_memory_dir(ckpt)
+    if not folder.is_dir():
+        return
+    if fresh:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    if not load:
+        return
+    from emfl.flower.memory import ClientMemory, from_bytes
+
+    store = ClientMemory(folder, engine.config.checkpoint_every)
+    for s in store.clients():
+        if s not in engine.memory:
+            blob = store.recall(s, engine.round)
+            if blob is not None:
+                engine.memory[s] = _to_engine(from_bytes(blob), engine.device)
+
+
+def _to_engine(memory, device):
+    if isinstance(memory, dict):
+        return {k: v.to(device) for k, v in memory.items()}
+    return memory.to(device)
 
 
 def open_checkpoint(config: RunConfig, out: Path, ckpt: Path, resume: bool) -> dict | None:
