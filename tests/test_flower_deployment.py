@@ -260,3 +260,42 @@ def test_a_superlink_off_loopback_without_node_keys_is_refused(tmp_path, keys, c
     assert main(["flower", "--algo", "fedavg", "--task", "bits", "--rounds", "1", "--superlink", "10.1.2.3:9093",
                  "--certificates", str(folder), "--out", str(tmp_path / "x.json"), "--quiet"]) == 2
     assert "SuperNode authentication" in capsys.readouterr().err
+
+
+def test_the_supernodes_waits_are_capped_in_its_own_process():
+    # Flower 1.42's SuperNode sleeps 3 s when it finds no message and checks for its ClientApp's
+    # reply every 0.5 s; emfl.flower.supernode caps both, in the SuperNode's process only; and an
+    # object pull that finds its object missing retries after 20 ms, not Flower's 1 s
+    import inspect
+    import subprocess
+
+    from flwr.supernode import start_client_internal as loop
+
+    source = inspect.getsource(loop)
+    assert "time.sleep(3)" in source and "time.sleep(0.5)" in source  # the waits that are capped
+    probe = ("import time; from emfl.flower.supernode import patch; assert patch(0.05); "
+             "from flwr.supernode import start_client_internal as loop; t = time.monotonic(); loop.time.sleep(3); "
+             "print(round(time.monotonic() - t, 3), loop.time.monotonic() > 0, time.sleep is loop.time.sleep)")
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    waited, clock, same = r.stdout.split()
+    assert r.returncode == 0 and float(waited) < 0.5 and clock == "True" and same == "False", r.stderr
+    assert loop.time.sleep is __import__("time").sleep  # this process's Flower is untouched
+    pull = ("import time; from emfl.flower.supernode import quick_pulls; QUICK = quick_pulls() if FAST else []\n"
+            "from flwr.supercore.inflatable import inflatable_utils as u\n"
+            "from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError\n"
+            "tries = []\n"
+            "def fn(i):\n"
+            "    tries.append(i)\n"
+            "    if len(tries) < 2: raise ObjectUnavailableError(i)\n"
+            "    return b'x'\n"
+            "t = time.monotonic(); got = u.pull_objects(['a'], fn, initial_backoff=1.0, backoff_cap=10)\n"
+            "print(round(time.monotonic() - t, 3), len(tries), got == {'a': b'x'}, len(QUICK))")
+    timings = {}
+    for fast in (True, False):
+        r = subprocess.run([sys.executable, "-c", f"FAST = {fast}\n" + pull], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        took, tries, ok, changed = r.stdout.split()
+        assert tries == "2" and ok == "True", r.stdout
+        timings[fast] = float(took)
+        assert int(changed) == (3 if fast else 0)  # inflatable_utils, the SuperNode's loop, the ServerApp's grid
+    assert timings[True] < 0.3 < 0.7 < timings[False]  # 20 ms (+-20 %) against Flower's 1 s (+-20 %)

@@ -123,7 +123,7 @@ CASES = {
     "command-SIGKILL": ("command", signal.SIGKILL, -signal.SIGKILL, "flower"),
     "serverapp": ("flwr-serverapp", signal.SIGKILL, 2, "flower"),
     "superlink": ("flower-superlink", signal.SIGKILL, 2, "run"),
-    "supernode": ("flower-supernode", signal.SIGKILL, 2, "run"),
+    "supernode": ("emfl.flower.supernode", signal.SIGKILL, 2, "run"),  # Flower's SuperNode, its waits capped
     "worker": ("emfl.flower.node", signal.SIGKILL, 2, "run"),
     "simulation-SIGKILL": ("command", signal.SIGKILL, -signal.SIGKILL, "run"),  # Flower's simulation: Ray's processes
 }

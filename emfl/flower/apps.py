@@ -253,6 +253,10 @@ def server_main(settings: dict, grid: Grid, data=None, mode: str = "deployment",
     config = _config(settings)
     if mode == "deployment" and settings.get("threads"):  # the ServerApp's own process: as the nodes
         torch.set_num_threads(int(settings["threads"]))
+    if mode == "deployment":  # the ServerApp's own process: replies pulled as soon as they are there
+        from emfl.flower.supernode import quick_pulls
+
+        quick_pulls()
     nodes = wait_for_nodes(grid, int(settings.get("supernodes", 1)), float(settings.get("connect_timeout", 120)))
     transport = {"name": "flower", "mode": mode, "supernodes": len(nodes)}
     if settings.get("node_worker"):

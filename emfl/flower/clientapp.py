@@ -24,6 +24,7 @@ from flwr.clientapp import ClientApp
 
 from emfl.flower import frames
 from emfl.flower.protocol import NODE_KEY, reply_to, settings_from
+from emfl.flower.supernode import quick_pulls
 
 __all__ = ["client_app"]
 
@@ -46,6 +47,7 @@ def _compute(context: Context):
 
 
 client_app = ClientApp()
+quick_pulls()  # this process pulls its message from the SuperNode as soon as it is there
 
 
 @client_app.train()

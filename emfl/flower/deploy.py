@@ -368,16 +368,25 @@ def _start_node(dep: Deployment, name: str, superlink: str, ca, key, node_config
     per message, which hands the work to the worker over a Unix socket."""
     port = free_port()
     if node_worker() == "executor":
-        dep.start(f"supernode{name}", security.supernode_args(superlink, ca, key, port=port, node_config=node_config,
-                                                              max_wait_time=max_wait_time) + ["--isolation", "process"])
+        dep.start(f"supernode{name}", _quick(security.supernode_args(superlink, ca, key, port=port,
+                                                                     node_config=node_config, max_wait_time=max_wait_time)
+                                             + ["--isolation", "process"]))
         dep.start(f"worker{name}", ["python", "-m", "emfl.flower.node", "--runtime-api", f"127.0.0.1:{port}",
                                     "--threads", str(threads), *worker_args])
         return
     sock = str(dep.home / f"node{name}.sock")
     dep.start(f"worker{name}", ["python", "-m", "emfl.flower.node", "--socket", sock, "--threads", str(threads),
                                 *worker_args])
-    dep.start(f"supernode{name}", security.supernode_args(superlink, ca, key, port=port, max_wait_time=max_wait_time,
-                                                          node_config=f'{node_config} emfl-node="{sock}"'))
+    dep.start(f"supernode{name}", _quick(security.supernode_args(superlink, ca, key, port=port,
+                                                                 max_wait_time=max_wait_time,
+                                                                 node_config=f'{node_config} emfl-node="{sock}"')))
+
+
+def _quick(args: list) -> list:
+    """``flower-supernode ARGS`` as ``python -m emfl.flower.supernode ARGS``: Flower's SuperNode with
+    its fixed 3 s and 0.5 s waits capped (:mod:`emfl.flower.supernode`)."""
+    assert args[0] == "flower-supernode"
+    return ["python", "-m", "emfl.flower.supernode", *args[1:]]
 
 
 def _wait_for_server(dep: Deployment, status_file: Path, out: Path, run_timeout: float | None) -> dict:
