@@ -299,3 +299,16 @@ def test_the_supernodes_waits_are_capped_in_its_own_process():
         timings[fast] = float(took)
         assert int(changed) == (3 if fast else 0)  # inflatable_utils, the SuperNode's loop, the ServerApp's grid
     assert timings[True] < 0.3 < 0.7 < timings[False]  # 20 ms (+-20 %) against Flower's 1 s (+-20 %)
+
+
+def test_the_clientapp_a_supernode_starts_per_message_imports_little():
+    # behind the socket worker Flower starts a ClientApp process for every message: it must not
+    # import torch, emfl's engine, or the SuperNode's and SuperLink's modules (seconds each time)
+    import subprocess
+
+    probe = ("import sys, emfl.flower.clientapp; "
+             "print(sorted(m for m in ('torch', 'emfl.nn.engine', 'flwr.supernode.start_client_internal', "
+             "'flwr.superlink.grid.http_grid', 'sqlalchemy') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"

@@ -24,7 +24,7 @@ from flwr.clientapp import ClientApp
 
 from emfl.flower import frames
 from emfl.flower.protocol import NODE_KEY, reply_to, settings_from
-from emfl.flower.supernode import quick_pulls
+from emfl.flower.supernode import PULLERS, quick_pulls
 
 __all__ = ["client_app"]
 
@@ -47,7 +47,7 @@ def _compute(context: Context):
 
 
 client_app = ClientApp()
-quick_pulls()  # this process pulls its message from the SuperNode as soon as it is there
+quick_pulls(where=PULLERS[:1])  # this process pulls its message from the SuperNode as soon as it is there
 
 
 @client_app.train()

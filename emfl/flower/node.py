@@ -116,9 +116,9 @@ def execute(runtime_api: str, data_dir=None, threads: int = 1, settings: dict | 
     from emfl.flower.apps import _client_runtime, make_client_app
 
     fl = _flower_runtime()
-    from emfl.flower.supernode import quick_pulls
+    from emfl.flower.supernode import PULLERS, quick_pulls
 
-    quick_pulls()  # a task's message is pulled from the SuperNode as soon as it is there
+    quick_pulls(where=PULLERS[:1])  # a task's message is pulled from the SuperNode as soon as it is there
     torch.set_num_threads(int(threads))
     if settings is not None:
         _client_runtime(settings, data_dir=data_dir)

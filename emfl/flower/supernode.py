@@ -23,7 +23,7 @@ import os
 import sys
 import time as _time
 
-__all__ = ["CappedSleep", "patch", "quick_pulls", "main"]
+__all__ = ["CappedSleep", "patch", "quick_pulls", "PULLERS", "main"]
 
 
 class CappedSleep:
@@ -51,39 +51,46 @@ def patch(cap: float) -> bool:
     return True
 
 
-def quick_pulls(backoff: float = 0.02, cap: float = 0.25) -> list:
+PULLERS = ("flwr.supercore.inflatable.inflatable_utils",  # a ClientApp's pull of its message
+           "flwr.supernode.start_client_internal",  # a SuperNode's pull from the SuperLink
+           "flwr.superlink.grid.http_grid")  # the ServerApp's pull of the replies
+
+
+def quick_pulls(backoff: float = 0.02, cap: float = 0.25, where: tuple = PULLERS) -> list:
     """Make Flower's object pulls retry after ``backoff`` seconds (doubling up to ``cap``) instead of
     1 s (doubling up to 10 s): a message's objects are pulled as soon as the node or the
     SuperLink holds them, which is usually a few milliseconds after the first try.  Applies to
-    this process (a SuperNode, a node's worker, the ServerApp); returns the modules changed."""
+    this process, in the modules ``where`` (importing them: a short-lived ClientApp process names
+    only the first); returns the modules changed."""
     import functools
     import importlib
 
     modules = []
-    for name in ("flwr.supercore.inflatable.inflatable_utils", "flwr.supernode.start_client_internal",
-                 "flwr.superlink.grid.http_grid"):  # all imported before any is changed
+    for name in (PULLERS[0], *[m for m in where if m != PULLERS[0]]):  # all imported before any is changed
         try:
             modules.append(importlib.import_module(name))
         except ImportError:
             pass
     if not modules or modules[0].__name__ != "flwr.supercore.inflatable.inflatable_utils":
         return []
-    original = modules[0].pull_objects
-    if getattr(original, "emfl_quick", False):
-        return []  # done already in this process
+    current = modules[0].pull_objects
+    if getattr(current, "emfl_quick", False):  # an earlier call made it: patch the modules it did not
+        original, quick = current.__wrapped__, current
+    else:
+        original = current
 
-    @functools.wraps(original)
-    def pull_objects(*args, **kw):
-        kw["initial_backoff"] = min(kw.get("initial_backoff", backoff), backoff)  # callers pass Flower's 1 s
-        kw["backoff_cap"] = min(kw.get("backoff_cap", cap), cap)
-        return original(*args, **kw)
+        @functools.wraps(original)
+        def quick(*args, **kw):
+            kw["initial_backoff"] = min(kw.get("initial_backoff", backoff), backoff)  # callers pass Flower's 1 s
+            kw["backoff_cap"] = min(kw.get("backoff_cap", cap), cap)
+            return original(*args, **kw)
 
-    pull_objects.emfl_quick = True
+        quick.emfl_quick = True
 
     changed = []
     for module in modules:
         if getattr(module, "pull_objects", None) is original:
-            module.pull_objects = pull_objects
+            module.pull_objects = quick
             changed.append(module.__name__)
     return changed
 
