@@ -368,9 +368,9 @@ def _start_node(dep: Deployment, name: str, superlink: str, ca, key, node_config
     per message, which hands the work to the worker over a Unix socket."""
     port = free_port()
     if node_worker() == "executor":
-        dep.start(f"supernode{name}", _quick(security.supernode_args(superlink, ca, key, port=port,
-                                                                     node_config=node_config, max_wait_time=max_wait_time)
-                                             + ["--isolation", "process"]))
+        args = security.supernode_args(superlink, ca, key, port=port, node_config=node_config,
+                                       max_wait_time=max_wait_time)
+        dep.start(f"supernode{name}", _quick(args + ["--isolation", "process"]))
         dep.start(f"worker{name}", ["python", "-m", "emfl.flower.node", "--runtime-api", f"127.0.0.1:{port}",
                                     "--threads", str(threads), *worker_args])
         return

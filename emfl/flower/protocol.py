@@ -1,6 +1,7 @@
 """What a deployment's ClientApp and the server agree on, with no torch: the record that carries a
 message, where the run's settings and a node's worker are named, where a client's memory lives in
-``context.state`` (when the node keeps no folder of it: :mod:`emfl.flower.memory`), and the reply to one message (:func:`reply_to`)."""
+``context.state`` (when the node keeps no folder of it: :mod:`emfl.flower.memory`), and the reply
+to one message (:func:`reply_to`)."""
 
 from __future__ import annotations
 
