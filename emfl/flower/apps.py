@@ -223,9 +223,9 @@ class FlowerRounds:
 
 def waves(messages: list, node=lambda m: m.metadata.dst_node_id) -> list:
     """``messages`` in waves with at most one message per node: wave ``k`` holds each node's
-    ``k``-th message.  A node never trains two clients at once, so that what it keeps between
-    rounds (``context.state``: the clients' memory) is never written by two runs of its
-    ClientApp at the same time (Flower's simulation would keep only the last one's copy)."""
+    ``k``-th message.  A node never trains two clients at once, as in the engine; a ClientApp that
+    keeps its clients' memory in ``context.state`` (no folder) needs it, since two runs of it at
+    the same time would each write back their own copy (Flower's simulation keeps the last)."""
     per_node: dict = {}
     for m in messages:
         per_node.setdefault(node(m), []).append(m)
@@ -254,9 +254,9 @@ def server_main(settings: dict, grid: Grid, data=None, mode: str = "deployment",
     if mode == "deployment" and settings.get("threads"):  # the ServerApp's own process: as the nodes
         torch.set_num_threads(int(settings["threads"]))
     if mode == "deployment":  # the ServerApp's own process: replies pulled as soon as they are there
-        from emfl.flower.supernode import quick_pulls
+        from emfl.flower.supernode import PULLERS, quick_pulls
 
-        quick_pulls()
+        quick_pulls(where=(PULLERS[0], PULLERS[2]))  # not the SuperNode's loop: this process has none
     nodes = wait_for_nodes(grid, int(settings.get("supernodes", 1)), float(settings.get("connect_timeout", 120)))
     transport = {"name": "flower", "mode": mode, "supernodes": len(nodes)}
     if settings.get("node_worker"):

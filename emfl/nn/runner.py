@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from emfl.nn.data import DataError, _umask, atomic_save
-from emfl.nn.engine import Diverged, Engine
+from emfl.nn.engine import Diverged, Engine, _to_device
 from emfl.nn.config import RunConfig
 
 __all__ = ["run", "open_checkpoint", "nodes_memory_dir", "Recorder", "train", "load_task_data", "checkpoint_dir", "checkpoint_path", "write_json_atomic", "RunError",
@@ -374,13 +374,7 @@ def _nodes_memory(engine: Engine, ckpt: Path, fresh: bool, load: bool = True) ->
         if s not in engine.memory:
             blob = store.recall(s, engine.round)
             if blob is not None:
-                engine.memory[s] = _to_engine(from_bytes(blob), engine.device)
-
-
-def _to_engine(memory, device):
-    if isinstance(memory, dict):
-        return {k: v.to(device) for k, v in memory.items()}
-    return memory.to(device)
+                engine.memory[s] = _to_device(from_bytes(blob), engine.device)
 
 
 def open_checkpoint(config: RunConfig, out: Path, ckpt: Path, resume: bool) -> dict | None:
