@@ -159,8 +159,16 @@ def test_unit_inputs_are_pixels_over_255():
     assert data.mean == (0.0,) * len(data.mean) and data.std == (1.0,) * len(data.std)
     x = torch.tensor([[[[0, 51, 255]]]], dtype=torch.uint8).expand(1, len(data.mean), 1, 3)
     assert data.normalize(x)[0, 0, 0].tolist() == pytest.approx([0.0, 0.2, 1.0])
-    with pytest.raises(ValueError, match="inputs must be standard or unit"):
+    with pytest.raises(ValueError, match="inputs must be standard or unit or centered"):
         RunConfig(inputs="01")
+
+
+def test_centered_inputs_are_pixels_in_minus_one_to_one():
+    data = load_task_data(RunConfig(task="bits", inputs="centered"))
+    x = torch.tensor([[[[0, 51, 255]]]], dtype=torch.uint8).expand(1, len(data.mean), 1, 3)
+    # 2 * 0 / 255 - 1, 2 * 51 / 255 - 1 = -0.6, 2 * 255 / 255 - 1
+    assert data.normalize(x)[0, 0, 0].tolist() == pytest.approx([-1.0, -0.6, 1.0])
+    assert data.info["inputs"].startswith("centered")
 
 
 def test_histories_without_the_new_settings_read_as_the_paper_literally():

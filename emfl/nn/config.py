@@ -21,7 +21,8 @@ from emfl.optim import OPTIMIZERS
 __all__ = ["RunConfig", "make_config", "TASKS", "GENERIC_FIELDS", "PRECISIONS", "INPUTS"]
 
 PRECISIONS = ("float32", "float64")
-INPUTS = ("standard", "unit")  # how pixels reach the model: (x / 255 - mean) / std per channel, or x / 255
+INPUTS = ("standard", "unit", "centered")  # how pixels reach the model: (x / 255 - mean) / std per channel,
+# x / 255, or 2 x / 255 - 1
 
 # each task's defaults, and the models its inputs fit (the 12-bit task's inputs are too small for a conv net)
 TASKS = {"cifar10": {"batch_size": 64, "model": "lenet5"}, "femnist": {"batch_size": 20, "model": "lenet5"},
@@ -54,8 +55,9 @@ class RunConfig:
                               choices=OPTIMIZERS)
     server_lr: float = setting(1e-3, "server learning rate", check=positive)
     alpha: float = setting(1.0, "CIFAR-10 split: Dirichlet concentration (Hsu et al.'s convention)", check=positive)
-    inputs: str = setting("standard", "pixels standardised per channel (training set's mean and std) or x / 255 in "
-                          "[0, 1]; the paper states neither", choices=INPUTS)
+    inputs: str = setting("standard", "pixels standardised per channel (training set's mean and std), x / 255 in "
+                          "[0, 1] (unit), or 2 x / 255 - 1 in [-1, 1] (centered); the paper states none",
+                          choices=INPUTS)
     test_split: str = setting("matched", "CIFAR-10 shard test sets: matched to each shard's classes, or the earlier "
                               "disjoint draw", choices=("matched", "disjoint"))
     num_shards: int = setting(100, "CIFAR-10: clients", check=whole(1))

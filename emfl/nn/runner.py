@@ -211,12 +211,15 @@ def write_json_atomic(obj, path) -> None:
 def load_task_data(config: RunConfig, data_dir=None, download: bool = False):
     """The federated data set of ``config.task`` (CIFAR-10 shards, FEMNIST writers, or the 12-bit
     patterns: ``num_shards`` clients, Dirichlet(``alpha``)-skewed, generated, no files), its inputs
-    as ``config.inputs`` asks (``unit``: ``x / 255``, no per-channel standardisation)."""
+    as ``config.inputs`` asks: ``standard``, per channel ``(x / 255 - mean) / std`` of the training
+    set; ``unit``, ``x / 255`` in [0, 1]; ``centered``, ``(x / 255 - 0.5) / 0.5`` in [-1, 1]."""
     data = _load_task_data(config, data_dir, download)
-    if config.inputs == "unit":
+    fixed = {"unit": (0.0, 1.0, "unit: x / 255"), "centered": (0.5, 0.5, "centered: 2 x / 255 - 1")}
+    if config.inputs in fixed:
+        mean, std, note = fixed[config.inputs]
         channels = len(data.mean)
-        data = dataclasses.replace(data, mean=(0.0,) * channels, std=(1.0,) * channels,
-                                   info={**data.info, "inputs": "unit: x / 255"})
+        data = dataclasses.replace(data, mean=(mean,) * channels, std=(std,) * channels,
+                                   info={**data.info, "inputs": note})
     return data
 
 
