@@ -393,10 +393,20 @@ def _keeps_conv1(answer, screen, rnd=30):
                     "b": "Adam, like Adamax, steps by the sign of a lone gradient, and takes larger steps on rare ones.",
                     "a": "standardised inputs are the paper's silence, and they move conv1's norms most."},
                    f"conv1 keeps {kept[right]:.0f} of 32 filters with inputs in [0, 1], against "
-                   f"{min(kept.values()):.0f}-{sorted(kept.values())[-2]:.0f} otherwise. conv1's weight gradients scale with "
-                   "its inputs: standardised pixels have a mean square of 1, pixels in [0, 1] about 0.29 on CIFAR-10. "
-                   "Larger steps move a filter's norm past the margin T logit(0.99) = 0.0046 in a round, and a client "
-                   "that ends the round with a norm below its threshold uploads z = 0.")
+                   f"{min(kept.values()):.0f}-{sorted(kept.values())[-2]:.0f} otherwise. "
+                   + _not_the_size(rows) +
+                   "A filter whose norm falls by more than the margin T logit(0.99) = 0.0046 in a round ends it "
+                   "below its threshold, and its client uploads z = 0.")
+
+
+def _not_the_size(rows):
+    """What the screening run with pixels in [-1, 1] adds to exercise 5b.1's answer, if it is there."""
+    centered = rows.get("lam0 = 0, inputs = centered")
+    if centered is None:
+        return ""
+    return (f"It is not the inputs' size: pixels in [-1, 1] have a smaller mean square than pixels in [0, 1] "
+            f"(0.25 against 0.29 on CIFAR-10; standardised ones 1) and conv1 keeps {centered['alive']['conv1']:.0f}. "
+            "What [0, 1] adds is a common offset (a mean of 0.47), which the other two take away. ")
 
 
 @exercise("5b.2", "the lam0 at which a saturated layer switches")

@@ -1090,6 +1090,23 @@ def test_the_tug_of_war_counts_by_a_server_that_is_run():
     assert float(total(10**9)[2]) < 0 and math.isinf(answer[2])
 
 
+def test_5b1_answer_names_what_the_centered_screening_run_kept():
+    # the right answer's explanation quotes conv1's filters in the screening run with pixels in [-1, 1], read here
+    # straight from that history's round-30 record; without the run it says nothing of it
+    import json
+
+    from emfl import exercises
+
+    doc = json.loads((ROOT / "results" / "ablation" / "screen" / "cifar10_fedsparse-centered.json").read_text())
+    assert doc["config"]["inputs"] == "centered" and doc["config"]["lam0"] == 0
+    kept = next(r for r in doc["records"] if r["round"] == 30)["alive_units"]["conv1"]
+    verdict = exercises.check("5b.1", "a", **screen05b())
+    assert verdict.ok and "pixels in [-1, 1]" in verdict.message and f"conv1 keeps {kept}." in verdict.message
+    without = [d for d in screen05b()["screen"] if d["config"].get("inputs") != "centered"]
+    verdict = exercises.check("5b.1", "a", screen=without)
+    assert verdict.ok and "[-1, 1]" not in verdict.message
+
+
 def test_theta0_for_a_margin_gives_the_margin_back():
     # 5b.4 by another route: the threshold init_threshold sets from theta0 leaves the margin asked for
     import torch
