@@ -41,6 +41,7 @@ from emfl.nn.algorithms.fedsparse import PRUNE, T
 from emfl.nn.config import make_config
 from emfl.nn.engine import Engine, resolve_device
 from emfl.nn.models import LeNet5
+from emfl.nn.runner import load_checkpoint
 
 from engine_speed import SHAPES, generated, sync
 
@@ -60,11 +61,12 @@ def keep_counts(group_map, counts, seed=0):
 
 
 def keep_from_checkpoint(path, group_map):
-    state = torch.load(path, weights_only=True, map_location="cpu")
+    state = load_checkpoint(path)  # the runner's reader: checksummed, weights_only, no code unpickled
     server = state["server"]
     if "v" not in server:
         raise SystemExit(f"{path} is not a FedSparse checkpoint (its server state has no thresholds v)")
-    return (gates.gate_prob(group_map.norms(server["w"]), server["v"], T) > PRUNE).float()
+    w, v = server["w"].cpu(), server["v"].cpu()
+    return (gates.gate_prob(group_map.norms(w), v, T) > PRUNE).float()
 
 
 def pruned(engine, keep):
